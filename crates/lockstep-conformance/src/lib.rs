@@ -1,0 +1,1 @@
+//! Conformance suites: golden outputs, cross-backend comparison and reports

@@ -1,0 +1,91 @@
+//! The contract every lockstep runtime implements.
+//!
+//! A [`Backend`] is a loaded model on one runtime and device; a [`Session`] is one
+//! conversation's KV cache on it. The trait covers exactly one model step: everything
+//! else (sampling, stop rules, chat templates, streaming) lives once, in
+//! `lockstep-generate`, so that two backends can only differ in what a step computes.
+
+mod config;
+mod error;
+mod logits;
+
+pub use config::{LayerKind, ModelConfig};
+pub use error::{Error, Result};
+pub use logits::{argmax, Logits};
+
+use async_trait::async_trait;
+
+/// What a backend is: shown in reports, tables and `--json` output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackendInfo {
+    /// Stable id used on the command line, e.g. `ort-cpu` or `gpu`.
+    pub id: String,
+    /// The runtime and its version, e.g. `ONNX Runtime 1.31.1`.
+    pub runtime: String,
+    /// The device and API, e.g. `CPU (2 threads)` or `Vulkan / NVIDIA H100`.
+    pub device: String,
+    /// The numeric mode, e.g. `int4 weights, f32 compute`.
+    pub precision: String,
+}
+
+/// Options fixed when a session is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// KV budget: the most tokens (prompt plus generated) the session will ever hold.
+    /// Backends size their caches from it; exceeding it is an error, never a reallocation.
+    pub max_tokens: usize,
+}
+
+impl SessionOptions {
+    pub fn with_max_tokens(max_tokens: usize) -> Self {
+        Self { max_tokens }
+    }
+}
+
+/// Which positions' logits a forward step must return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Only the last position: what generation needs.
+    Last,
+    /// Every position of the step: what teacher-forced comparison needs.
+    All,
+}
+
+/// A loaded model on one runtime and device.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    fn info(&self) -> BackendInfo;
+    /// The architecture facts of the loaded model.
+    fn config(&self) -> &ModelConfig;
+    /// A new, empty KV cache with a fixed token budget.
+    async fn session(&self, opts: SessionOptions) -> Result<Box<dyn Session>>;
+}
+
+/// One sequence's state (its KV cache) on a backend.
+#[async_trait]
+pub trait Session: Send {
+    /// Runs `tokens` after the cached ones, appends them to the KV cache and returns
+    /// the logits that `want` asks for.
+    async fn forward(&mut self, tokens: &[u32], want: Want) -> Result<Logits>;
+
+    /// Runs `tokens` and returns only the id of the most likely next token.
+    /// Backends that can take the argmax on the device override this to avoid reading
+    /// back the whole vocabulary; ties go to the lowest id, as in [`Logits::argmax`].
+    async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        let logits = self.forward(tokens, Want::Last).await?;
+        Ok(logits.argmax(logits.rows() - 1))
+    }
+
+    /// Tokens in the KV cache.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The budget the session was created with.
+    fn max_tokens(&self) -> usize;
+
+    /// Forgets every token from `len` on, so that a conversation can be edited.
+    fn truncate(&mut self, len: usize) -> Result<()>;
+}

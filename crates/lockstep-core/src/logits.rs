@@ -1,0 +1,74 @@
+/// Row-major logits: one row of `vocab` scores per returned position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    vocab: usize,
+    data: Vec<f32>,
+}
+
+impl Logits {
+    /// Panics if `data` is not a whole number of rows: a backend bug, not user input.
+    pub fn new(vocab: usize, data: Vec<f32>) -> Self {
+        assert!(
+            vocab > 0 && data.len() % vocab == 0,
+            "logits of {} values are not rows of {vocab}",
+            data.len()
+        );
+        Self { vocab, data }
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.vocab
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    pub fn last(&self) -> &[f32] {
+        self.row(self.rows() - 1)
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
+
+    /// Index of the largest value of row `i`; the lowest index wins a tie, so that every
+    /// backend breaks ties the same way.
+    pub fn argmax(&self, i: usize) -> u32 {
+        argmax(self.row(i))
+    }
+}
+
+/// Index of the largest value; the lowest index wins a tie. NaN never wins.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_val = f32::NEG_INFINITY;
+    for (i, &v) in row.iter().enumerate() {
+        if v > best_val {
+            best = i;
+            best_val = v;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_lowest_index_on_ties() {
+        let l = Logits::new(4, vec![0.0, 2.0, 2.0, 1.0, 5.0, 5.0, 5.0, 5.0]);
+        assert_eq!(l.rows(), 2);
+        assert_eq!(l.argmax(0), 1);
+        assert_eq!(l.argmax(1), 0);
+    }
+}

@@ -1,0 +1,1 @@
+//! The shared generation loop: sampling, stop rules, streaming, chat sessions

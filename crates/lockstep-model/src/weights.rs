@@ -1,0 +1,102 @@
+//! INT4/INT8 weights read back out of a converted ONNX model.
+//!
+//! Every projection is a `com.microsoft::MatMulNBits` initializer pair: `B` with shape
+//! `[N, K / block, block * bits / 8]` bytes and `scales` with `N * K / block` floats.
+//! Symmetric: the value of a stored code `q` is `scale * (q - 2^(bits - 1))`. 4-bit codes
+//! are packed two per byte, low nibble first (element `2j` in the low nibble of byte `j`).
+
+use lockstep_core::ModelConfig;
+
+/// One quantized matrix of `n` output rows by `k` inputs, in MatMulNBits layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantMatrix {
+    /// 4 for projections, 8 for the embedding / tied LM head.
+    pub bits: u8,
+    /// Output features (rows of the weight, as MatMulNBits stores it).
+    pub n: usize,
+    /// Input features.
+    pub k: usize,
+    /// Elements per block, sharing one scale (32).
+    pub block_size: usize,
+    /// `n * (k / block_size) * block_size * bits / 8` bytes.
+    pub data: Vec<u8>,
+    /// One scale per block: `n * (k / block_size)` values.
+    pub scales: Vec<f32>,
+}
+
+impl QuantMatrix {
+    pub fn blocks_per_row(&self) -> usize {
+        self.k / self.block_size
+    }
+
+    pub fn bytes_per_block(&self) -> usize {
+        self.block_size * self.bits as usize / 8
+    }
+
+    /// The implicit zero point of symmetric MatMulNBits: 8 for 4 bits, 128 for 8 bits.
+    pub fn zero_point(&self) -> i32 {
+        1 << (self.bits - 1)
+    }
+
+    /// Dequantized value of element (`row`, `col`): for CPU references and tests.
+    pub fn value(&self, row: usize, col: usize) -> f32 {
+        let block = row * self.blocks_per_row() + col / self.block_size;
+        let within = col % self.block_size;
+        let base = block * self.bytes_per_block();
+        let q = match self.bits {
+            4 => {
+                let byte = self.data[base + within / 2];
+                if within % 2 == 0 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                }
+            }
+            8 => self.data[base + within],
+            b => unreachable!("unsupported bit width {b}"),
+        } as i32;
+        self.scales[block] * (q - self.zero_point()) as f32
+    }
+
+    /// Dequantized row `row` (length `k`).
+    pub fn row(&self, row: usize) -> Vec<f32> {
+        (0..self.k).map(|c| self.value(row, c)).collect()
+    }
+}
+
+/// The weights of one decoder layer. Norm weights are the multipliers as stored in the
+/// GGUF (Gemma's `1 + w` already applied): `x * rsqrt(mean(x^2) + eps) * w`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    /// `[num_heads * head_dim, hidden]`
+    pub q_proj: QuantMatrix,
+    /// `[num_kv_heads * head_dim, hidden]`
+    pub k_proj: QuantMatrix,
+    /// `[num_kv_heads * head_dim, hidden]`
+    pub v_proj: QuantMatrix,
+    /// `[hidden, num_heads * head_dim]`
+    pub o_proj: QuantMatrix,
+    /// RMSNorm over each head's `head_dim` values, before RoPE.
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
+    pub post_attn_norm: Vec<f32>,
+    pub pre_ffn_norm: Vec<f32>,
+    /// `[intermediate, hidden]`
+    pub gate_proj: QuantMatrix,
+    /// `[intermediate, hidden]`
+    pub up_proj: QuantMatrix,
+    /// `[hidden, intermediate]`
+    pub down_proj: QuantMatrix,
+    pub post_ffn_norm: Vec<f32>,
+}
+
+/// Everything a native backend needs to run the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelWeights {
+    pub config: ModelConfig,
+    /// `[vocab, hidden]`, 8-bit: the embedding table and the tied LM head.
+    pub embed: QuantMatrix,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,
+}

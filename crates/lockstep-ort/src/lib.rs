@@ -1,0 +1,1 @@
+//! ONNX Runtime backend (ort, load-dynamic) and execution-provider profiles
