@@ -65,7 +65,7 @@ impl ModelConfig {
     }
 
     pub fn layer_kind(&self, layer: usize) -> LayerKind {
-        if (layer + 1) % self.global_every == 0 {
+        if (layer + 1).is_multiple_of(self.global_every) {
             LayerKind::Global
         } else {
             LayerKind::Sliding

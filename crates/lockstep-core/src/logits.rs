@@ -9,7 +9,7 @@ impl Logits {
     /// Panics if `data` is not a whole number of rows: a backend bug, not user input.
     pub fn new(vocab: usize, data: Vec<f32>) -> Self {
         assert!(
-            vocab > 0 && data.len() % vocab == 0,
+            vocab > 0 && data.len().is_multiple_of(vocab),
             "logits of {} values are not rows of {vocab}",
             data.len()
         );

@@ -46,7 +46,7 @@ impl QuantMatrix {
         let q = match self.bits {
             4 => {
                 let byte = self.data[base + within / 2];
-                if within % 2 == 0 {
+                if within.is_multiple_of(2) {
                     byte & 0x0f
                 } else {
                     byte >> 4
@@ -99,4 +99,90 @@ pub struct ModelWeights {
     pub embed: QuantMatrix,
     pub layers: Vec<LayerWeights>,
     pub final_norm: Vec<f32>,
+}
+
+impl ModelWeights {
+    /// Reads the weights back out of a converted model directory (`model.onnx` and its
+    /// external data), so that native backends run exactly the bytes ONNX Runtime runs.
+    pub fn load(model_dir: &std::path::Path) -> lockstep_core::Result<Self> {
+        use crate::convert::names;
+        let package = crate::package::ModelPackage::open(model_dir)?;
+        let onnx = crate::onnx::OnnxFile::open(&package.model_path())?;
+        let config = package.manifest.config.clone();
+        let c = &config;
+        let vector = |name: &str, len: usize| -> lockstep_core::Result<Vec<f32>> {
+            let (_, v) = onnx.tensor_f32(name)?;
+            if v.len() != len {
+                return Err(lockstep_core::Error::Model(format!(
+                    "{}: initializer '{name}' has {} values, the manifest's config needs {len}; re-run `lockstep convert`",
+                    model_dir.display(),
+                    v.len()
+                )));
+            }
+            Ok(v)
+        };
+        let matrix = |name: &str, n: usize, k: usize| -> lockstep_core::Result<QuantMatrix> {
+            let (dims, data) = onnx.tensor_u8(&names::qweight(name))?;
+            let (_, scales) = onnx.tensor_f32(&names::scales(name))?;
+            let block = crate::convert::BLOCK;
+            let bad = |what: &str| {
+                lockstep_core::Error::Model(format!(
+                    "{}: '{name}' {what}; re-run `lockstep convert`",
+                    model_dir.display()
+                ))
+            };
+            if dims.len() != 3 || dims[0] as usize != n || dims[1] as usize * block != k {
+                return Err(bad(&format!(
+                    "has dims {dims:?}, expected [{n}, {}, _]",
+                    k / block
+                )));
+            }
+            let bits = match dims[2] as usize * 8 / block {
+                b @ (4 | 8) => b as u8,
+                _ => return Err(bad(&format!("has {} bytes per block", dims[2]))),
+            };
+            if scales.len() != n * k / block {
+                return Err(bad("has the wrong number of scales"));
+            }
+            Ok(QuantMatrix {
+                bits,
+                n,
+                k,
+                block_size: block,
+                data,
+                scales,
+            })
+        };
+        let embed = crate::convert::join_nibbles(
+            &matrix(names::EMBED_HI, c.vocab_size, c.hidden_size)?,
+            &matrix(names::EMBED_LO, c.vocab_size, c.hidden_size)?,
+        );
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let norm = |s: &str, len: usize| vector(&names::norm(l, s), len);
+            let proj = |s: &str, n: usize, k: usize| matrix(&names::proj(l, s), n, k);
+            layers.push(LayerWeights {
+                attn_norm: norm("input_layernorm", c.hidden_size)?,
+                q_proj: proj("q_proj", c.q_size(), c.hidden_size)?,
+                k_proj: proj("k_proj", c.kv_size(), c.hidden_size)?,
+                v_proj: proj("v_proj", c.kv_size(), c.hidden_size)?,
+                o_proj: proj("o_proj", c.hidden_size, c.q_size())?,
+                q_norm: norm("q_norm", c.head_dim)?,
+                k_norm: norm("k_norm", c.head_dim)?,
+                post_attn_norm: norm("post_attention_layernorm", c.hidden_size)?,
+                pre_ffn_norm: norm("pre_feedforward_layernorm", c.hidden_size)?,
+                gate_proj: proj("gate_proj", c.intermediate_size, c.hidden_size)?,
+                up_proj: proj("up_proj", c.intermediate_size, c.hidden_size)?,
+                down_proj: proj("down_proj", c.hidden_size, c.intermediate_size)?,
+                post_ffn_norm: norm("post_feedforward_layernorm", c.hidden_size)?,
+            });
+        }
+        let final_norm = vector(names::FINAL_NORM, c.hidden_size)?;
+        Ok(ModelWeights {
+            config,
+            embed,
+            layers,
+            final_norm,
+        })
+    }
 }

