@@ -1,0 +1,58 @@
+//! Incremental detokenization that never splits a character.
+
+use lockstep_core::Result;
+
+use crate::Tokenizer;
+
+/// Turns a growing list of ids into text deltas.
+///
+/// Gemma spells characters it has no token for as byte tokens (`<0xE2><0x82><0xAC>` is
+/// "€"), so one token's text can be an incomplete UTF-8 sequence. Like Hugging Face
+/// text-generation-inference, we decode a short window twice — the ids already emitted
+/// (`prefix_offset..read_offset`) and the same window with the new ids — and emit only
+/// the difference, and only once it no longer ends in U+FFFD (a character still missing
+/// bytes). Decoding a window rather than each id alone also keeps the decoder's
+/// cross-token rules (byte fusion, spaces) exactly as a whole-text decode would apply them.
+#[derive(Debug, Clone, Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl Detokenizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every id pushed so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Adds one id; returns the newly completed text (often empty while a character is
+    /// still missing bytes).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = tok.decode(&self.ids[self.prefix_offset..])?;
+        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') {
+            if let Some(delta) = text.get(prefix.len()..) {
+                self.prefix_offset = self.read_offset;
+                self.read_offset = self.ids.len();
+                return Ok(delta.to_string());
+            }
+        }
+        Ok(String::new())
+    }
+
+    /// Text still held back at the end of generation: bytes that never formed a
+    /// character, shown as U+FFFD as a whole-text decode would show them.
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = tok.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(text.get(prefix.len()..).unwrap_or_default().to_string())
+    }
+}

