@@ -1,0 +1,216 @@
+//! Our WGSL kernels (one file each under `kernels/`) and their compute pipelines.
+//!
+//! Every kernel class has one explicit bind group layout, shared by its entry points, so a
+//! bind group built once per session works with, e.g., both the decode and the prefill
+//! matmul. Binding 0 is always the kernel's static parameters (a uniform written once),
+//! binding 1 the step's `Batch` uniform (tokens in the step, first position, first row).
+
+use lockstep_core::{Error, Result};
+
+/// Every kernel's WGSL source, by file name: what the pipelines are built from, and what
+/// the MSL translation test checks.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("embed.wgsl", include_str!("kernels/embed.wgsl")),
+    ("rmsnorm.wgsl", include_str!("kernels/rmsnorm.wgsl")),
+    ("matmul.wgsl", include_str!("kernels/matmul.wgsl")),
+    (
+        "qk_norm_rope.wgsl",
+        include_str!("kernels/qk_norm_rope.wgsl"),
+    ),
+    ("attention.wgsl", include_str!("kernels/attention.wgsl")),
+    ("geglu.wgsl", include_str!("kernels/geglu.wgsl")),
+    ("argmax.wgsl", include_str!("kernels/argmax.wgsl")),
+];
+
+/// Rows of a matrix one matmul workgroup computes (`ROWS` in matmul.wgsl).
+pub(crate) const MATMUL_ROWS: u32 = 8;
+/// Tokens one prefill matmul workgroup computes (`TM` in matmul.wgsl).
+pub(crate) const MATMUL_TOKENS: u32 = 8;
+/// Threads of a geglu workgroup.
+pub(crate) const GEGLU_WG: u32 = 64;
+/// Largest head_dim the attention and RoPE kernels hold in workgroup memory.
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+
+/// What a binding is, in binding order.
+#[derive(Clone, Copy)]
+enum Slot {
+    Uniform,
+    Read,
+    Write,
+}
+use Slot::{Read, Uniform, Write};
+
+/// A kernel class: its layout and its entry points' pipelines.
+pub(crate) struct Kernel {
+    pub layout: wgpu::BindGroupLayout,
+    pipelines: Vec<(&'static str, wgpu::ComputePipeline)>,
+}
+
+impl Kernel {
+    pub fn pipeline(&self, entry: &str) -> &wgpu::ComputePipeline {
+        &self
+            .pipelines
+            .iter()
+            .find(|(e, _)| *e == entry)
+            .unwrap_or_else(|| panic!("no entry point {entry}"))
+            .1
+    }
+}
+
+/// All pipelines, built once at load.
+pub(crate) struct Kernels {
+    pub embed: Kernel,
+    pub rmsnorm: Kernel,
+    pub matmul: Kernel,
+    pub rope: Kernel,
+    pub attention: Kernel,
+    pub geglu: Kernel,
+    pub argmax: Kernel,
+}
+
+impl Kernels {
+    pub fn new(device: &wgpu::Device) -> Result<Self> {
+        device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let kernels = Self {
+            embed: build(
+                device,
+                "embed.wgsl",
+                &[Uniform, Uniform, Read, Read, Read, Write],
+                &["embed_q8"],
+            ),
+            rmsnorm: build(
+                device,
+                "rmsnorm.wgsl",
+                &[Uniform, Uniform, Read, Read, Write],
+                &["rmsnorm", "rmsnorm_add"],
+            ),
+            matmul: build(
+                device,
+                "matmul.wgsl",
+                &[Uniform, Uniform, Read, Read, Read, Write],
+                &["matvec_q4", "matvec_q8", "matmul_q4", "matmul_q8"],
+            ),
+            rope: build(
+                device,
+                "qk_norm_rope.wgsl",
+                &[
+                    Uniform, Uniform, Read, Read, Read, Read, Write, Write, Write,
+                ],
+                &["qk_norm_rope"],
+            ),
+            attention: build(
+                device,
+                "attention.wgsl",
+                &[Uniform, Uniform, Read, Read, Read, Write],
+                &["attention"],
+            ),
+            geglu: build(
+                device,
+                "geglu.wgsl",
+                &[Uniform, Uniform, Read, Write],
+                &["geglu"],
+            ),
+            argmax: build(
+                device,
+                "argmax.wgsl",
+                &[Uniform, Uniform, Read, Write],
+                &["argmax"],
+            ),
+        };
+        match pollster::block_on(device.pop_error_scope()) {
+            Some(e) => Err(Error::Runtime(format!(
+                "building the GPU kernels failed: {e}"
+            ))),
+            None => Ok(kernels),
+        }
+    }
+}
+
+fn source(file: &str) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|(f, _)| *f == file)
+        .expect("kernel source listed")
+        .1
+}
+
+fn build(
+    device: &wgpu::Device,
+    file: &'static str,
+    slots: &[Slot],
+    entries: &[&'static str],
+) -> Kernel {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(file),
+        source: wgpu::ShaderSource::Wgsl(source(file).into()),
+    });
+    let layout_entries: Vec<wgpu::BindGroupLayoutEntry> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: match slot {
+                Uniform => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                Read | Write => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: matches!(slot, Read),
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(file),
+        entries: &layout_entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(file),
+        bind_group_layouts: &[&layout],
+        push_constant_ranges: &[],
+    });
+    let pipelines = entries
+        .iter()
+        .map(|&entry| {
+            let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            (entry, p)
+        })
+        .collect();
+    Kernel { layout, pipelines }
+}
+
+/// A bind group whose binding `i` is the whole of `buffers[i]`.
+pub(crate) fn bind(
+    device: &wgpu::Device,
+    kernel: &Kernel,
+    label: &str,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &kernel.layout,
+        entries: &entries,
+    })
+}

@@ -1,0 +1,145 @@
+// Quantized matrix times activations, f32 accumulation:
+//   y[t * out_stride + out_offset + r] = sum_c W[r, c] * x[t, c]
+// W is n x k in MatMulNBits layout: blocks of 32 codes sharing one f32 scale, code c
+// meaning scale * (c - zero point). 4-bit blocks are 16 bytes (one vec4<u32>, low nibble
+// first), 8-bit blocks 32 bytes (two vec4<u32>). Weights are never expanded in memory.
+//
+// Layout for bandwidth: a workgroup owns ROWS rows; the LANES threads of a row take every
+// LANES-th block, so neighbouring threads read neighbouring 16-byte blocks; a tree over
+// workgroup memory sums the lanes. `matvec_*` does one token per workgroup (decode);
+// `matmul_*` decodes each block once for TM tokens (prefill), so weights are read
+// ceil(m / TM) times instead of m times.
+
+struct Batch { m: u32, pos0: u32, row0: u32, pad: u32 }
+struct Params { n: u32, k: u32, out_stride: u32, out_offset: u32 }
+
+const LANES: u32 = 32u;
+const ROWS: u32 = 8u;
+const WG: u32 = 256u;  // LANES * ROWS
+const TM: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> batch: Batch;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> scales: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+var<workgroup> red: array<f32, 2048>;  // WG * TM
+
+const NIB_LO: vec4<u32> = vec4<u32>(0u, 4u, 8u, 12u);
+const NIB_HI: vec4<u32> = vec4<u32>(16u, 20u, 24u, 28u);
+const BYTES: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
+
+// The 32 codes of block `blk`, minus the zero point, as 8 vec4 (scale not applied).
+fn decode(bits: u32, blk: u32) -> array<vec4<f32>, 8> {
+    var v: array<vec4<f32>, 8>;
+    if (bits == 4u) {
+        let b = w[blk];
+        for (var i = 0u; i < 4u; i++) {
+            let word = vec4<u32>(b[i]);
+            v[2u * i] = vec4<f32>((word >> NIB_LO) & vec4<u32>(15u)) - 8.0;
+            v[2u * i + 1u] = vec4<f32>((word >> NIB_HI) & vec4<u32>(15u)) - 8.0;
+        }
+    } else {
+        let b0 = w[2u * blk];
+        let b1 = w[2u * blk + 1u];
+        for (var i = 0u; i < 4u; i++) {
+            v[i] = vec4<f32>((vec4<u32>(b0[i]) >> BYTES) & vec4<u32>(255u)) - 128.0;
+            v[i + 4u] = vec4<f32>((vec4<u32>(b1[i]) >> BYTES) & vec4<u32>(255u)) - 128.0;
+        }
+    }
+    return v;
+}
+
+// Sum of one decoded block times x[xb .. xb + 8] (vec4 index).
+fn block_dot(v: array<vec4<f32>, 8>, xb: u32) -> f32 {
+    var s = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        s += dot(v[i], x[xb + i]);
+    }
+    return s;
+}
+
+fn matvec_body(bits: u32, wg: vec3<u32>, lid: u32) {
+    let lane = lid % LANES;
+    let r = wg.x * ROWS + lid / LANES;
+    let t = wg.y;
+    let nb = p.k / 32u;
+    var acc = 0.0;
+    if (r < p.n) {
+        for (var b = lane; b < nb; b += LANES) {
+            let blk = r * nb + b;
+            acc += scales[blk] * block_dot(decode(bits, blk), t * (p.k / 4u) + b * 8u);
+        }
+    }
+    red[lid] = acc;
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s /= 2u) {
+        if (lane < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    if (lane == 0u && r < p.n) {
+        y[t * p.out_stride + p.out_offset + r] = red[lid];
+    }
+}
+
+fn matmul_body(bits: u32, wg: vec3<u32>, lid: u32) {
+    let lane = lid % LANES;
+    let slot = lid / LANES;
+    let r = wg.x * ROWS + slot;
+    let t0 = wg.y * TM;
+    let nb = p.k / 32u;
+    var acc: array<f32, TM>;
+    if (r < p.n) {
+        for (var b = lane; b < nb; b += LANES) {
+            let blk = r * nb + b;
+            let v = decode(bits, blk);
+            let s = scales[blk];
+            for (var j = 0u; j < TM; j++) {
+                if (t0 + j < batch.m) {
+                    acc[j] += s * block_dot(v, (t0 + j) * (p.k / 4u) + b * 8u);
+                }
+            }
+        }
+    }
+    // red[(slot * TM + j) * LANES + lane]: 64 groups of LANES partial sums.
+    for (var j = 0u; j < TM; j++) {
+        red[(slot * TM + j) * LANES + lane] = acc[j];
+    }
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s /= 2u) {
+        for (var e = lid; e < ROWS * TM * s; e += WG) {
+            let i = (e / s) * LANES + e % s;
+            red[i] += red[i + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid < ROWS * TM) {
+        let rr = wg.x * ROWS + lid / TM;
+        let t = t0 + lid % TM;
+        if (rr < p.n && t < batch.m) {
+            y[t * p.out_stride + p.out_offset + rr] = red[lid * LANES];
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    matvec_body(4u, wg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    matvec_body(8u, wg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    matmul_body(4u, wg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn matmul_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    matmul_body(8u, wg, lid);
+}

@@ -1,0 +1,690 @@
+//! One sequence on the GPU: its KV cache, its activation buffers, its bind groups (built
+//! once, at session creation) and the encoding of a step.
+//!
+//! A step is up to `max_batch` tokens: one command encoder, one compute pass, one submit,
+//! and one read-back of exactly what the caller wants (one u32 for a greedy step, the last
+//! row of logits for a sampling step, every row for teacher forcing). Longer inputs are cut
+//! into steps.
+//!
+//! KV cache: global layers keep `max_tokens` positions; sliding layers keep a ring of
+//! `window + max_batch - 1 + ring_history` slots (position p in slot p % cap). The
+//! `max_batch - 1` extra slots let one step write all its keys before any of its queries
+//! attends without clobbering a key an earlier query of the step still needs. `truncate`
+//! can rewind as long as the window before the new end is still in the ring (at least
+//! `max_batch + ring_history` tokens back); further back it returns an error, and the
+//! caller re-runs the prompt in a new session.
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+use lockstep_core::{Error, LayerKind, Logits, Result, Session, Want};
+
+use crate::backend::Inner;
+use crate::kernels::{bind, GEGLU_WG, MATMUL_ROWS, MATMUL_TOKENS};
+use crate::upload::{uniform, GpuMatrix};
+
+/// The step's dynamic values (every kernel's `Batch`): tokens, first position, first row.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Batch {
+    m: u32,
+    pos0: u32,
+    row0: u32,
+    pad: u32,
+}
+
+/// qk_norm_rope.wgsl and attention.wgsl `Params` (rope ignores `window` and `scale`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttnParams {
+    nh: u32,
+    nkv: u32,
+    hd: u32,
+    cap: u32,
+    /// rope: eps; attention: window (0 = global), as bits.
+    eps_or_window: u32,
+    scale: f32,
+    pad: [u32; 2],
+}
+
+/// GPU time per kernel class, from timestamps written around every dispatch.
+struct Profiler {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period: f64,
+    totals: Vec<KernelTime>,
+}
+
+/// Where GPU time went: one kernel class, summed over every step since the session began
+/// (or since [`GpuSession::reset_profile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub dispatches: u64,
+    pub total: std::time::Duration,
+}
+
+impl Profiler {
+    fn new(device: &wgpu::Device, queue: &wgpu::Queue, max_dispatches: usize) -> Self {
+        let count = 2 * max_dispatches as u32;
+        let buffer = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: count as u64 * 8,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Self {
+            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kernel timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            }),
+            resolved: buffer(
+                "timestamps",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            staging: buffer(
+                "timestamps staging",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            period: queue.get_timestamp_period() as f64,
+            totals: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, ctx: &crate::context::GpuContext, labels: &[&'static str]) -> Result<()> {
+        let bytes = read_back(&ctx.device, &self.staging, labels.len() as u64 * 16)?;
+        let ticks: &[u64] = bytemuck::cast_slice(&bytes);
+        for (i, &label) in labels.iter().enumerate() {
+            let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period;
+            let entry = match self.totals.iter_mut().position(|t| t.kernel == label) {
+                Some(j) => &mut self.totals[j],
+                None => {
+                    self.totals.push(KernelTime {
+                        kernel: label,
+                        dispatches: 0,
+                        total: Default::default(),
+                    });
+                    self.totals.last_mut().unwrap()
+                }
+            };
+            entry.dispatches += 1;
+            entry.total += std::time::Duration::from_nanos(ns as u64);
+        }
+        Ok(())
+    }
+}
+
+/// What a step reads back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Readout {
+    Nothing,
+    Logits,
+    Argmax,
+}
+
+struct LayerGroups {
+    attn_norm: wgpu::BindGroup,
+    qkv: wgpu::BindGroup,
+    rope: wgpu::BindGroup,
+    attention: wgpu::BindGroup,
+    o: wgpu::BindGroup,
+    post_attn: wgpu::BindGroup,
+    pre_ffn: wgpu::BindGroup,
+    gate_up: wgpu::BindGroup,
+    geglu: wgpu::BindGroup,
+    down: wgpu::BindGroup,
+    post_ffn: wgpu::BindGroup,
+}
+
+/// A sequence's KV cache and working buffers on the GPU.
+pub struct GpuSession {
+    inner: Arc<Inner>,
+    max_tokens: usize,
+    len: usize,
+    max_batch: usize,
+    logit_rows: usize,
+    ring_cap: usize,
+    /// The position each ring slot of the sliding layers holds (`usize::MAX`: none).
+    ring_owner: Vec<usize>,
+    tokens: wgpu::Buffer,
+    batch: wgpu::Buffer,
+    lm_batch: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    argmax: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    embed_groups: Vec<wgpu::BindGroup>,
+    layer_groups: Vec<LayerGroups>,
+    final_norm_group: wgpu::BindGroup,
+    lm_groups: Vec<wgpu::BindGroup>,
+    argmax_group: wgpu::BindGroup,
+    profiler: Option<Profiler>,
+}
+
+impl GpuSession {
+    /// GPU time per kernel class, largest first; empty unless the backend was loaded with
+    /// `GpuOptions::profile` on a device with timestamp queries inside compute passes.
+    pub fn profile(&self) -> Vec<KernelTime> {
+        let mut v = self
+            .profiler
+            .as_ref()
+            .map(|p| p.totals.clone())
+            .unwrap_or_default();
+        v.sort_by_key(|t| std::cmp::Reverse(t.total));
+        v
+    }
+
+    /// Forgets the times gathered so far (e.g. after prefill, to profile decode alone).
+    pub fn reset_profile(&mut self) {
+        if let Some(p) = &mut self.profiler {
+            p.totals.clear();
+        }
+    }
+
+    pub(crate) fn new(inner: Arc<Inner>, max_tokens: usize) -> Result<Self> {
+        let c = &inner.config;
+        if max_tokens == 0 {
+            return Err(Error::InvalidInput(
+                "a session needs a KV budget of at least 1 token".into(),
+            ));
+        }
+        if max_tokens > c.context_length {
+            return Err(Error::ContextOverflow {
+                needed: max_tokens,
+                limit: c.context_length,
+                limit_name: "the model's context length",
+            });
+        }
+        let ctx = &inner.ctx;
+        let device = &ctx.device;
+        let max_binding = ctx.max_binding_bytes();
+        let max_batch = inner.opts.max_batch.clamp(1, max_tokens);
+        let logit_rows = max_batch
+            .min((max_binding / (4 * c.vocab_size as u64)) as usize)
+            .max(1);
+        let ring_cap = (c.sliding_window + max_batch - 1 + inner.opts.ring_history).min(max_tokens);
+        let kv_bytes = (max_tokens * c.kv_size() * 4) as u64;
+        if kv_bytes > max_binding {
+            return Err(Error::InvalidInput(format!(
+                "a KV budget of {max_tokens} tokens needs {kv_bytes} bytes per layer, over this GPU's \
+                 {max_binding}-byte binding limit; lower --max-tokens"
+            )));
+        }
+
+        device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let f32s = |label: &str, n: usize| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (n.max(1) * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let b = max_batch;
+        let (h, q, kv, f) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
+        let tokens = f32s("tokens", b);
+        let x = f32s("x", b * h);
+        let xn = f32s("xn", b * h);
+        let qkv = f32s("qkv", b * (q + 2 * kv));
+        let q_rot = f32s("q", b * q);
+        let att = f32s("att", b * q);
+        let proj = f32s("proj", b * h);
+        let gu = f32s("gate_up", b * 2 * f);
+        let act = f32s("act", b * f);
+        let xf = f32s("xf", logit_rows * h);
+        let logits = f32s("logits", logit_rows * c.vocab_size);
+        let argmax = f32s("argmax", 1);
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: logits.size(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let batch_buffer = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: std::mem::size_of::<Batch>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let batch = batch_buffer("batch");
+        let lm_batch = batch_buffer("lm batch");
+
+        let w = &inner.weights;
+        let k = &inner.kernels;
+        let attn_params = |kind: LayerKind, rope: bool| {
+            let (cap, window) = match kind {
+                LayerKind::Sliding => (ring_cap, c.sliding_window),
+                LayerKind::Global => (max_tokens, 0),
+            };
+            let p = AttnParams {
+                nh: c.num_heads as u32,
+                nkv: c.num_kv_heads as u32,
+                hd: c.head_dim as u32,
+                cap: cap as u32,
+                eps_or_window: if rope {
+                    c.rms_norm_eps.to_bits()
+                } else {
+                    window as u32
+                },
+                scale: c.attn_scale,
+                pad: [0; 2],
+            };
+            uniform(device, "attention params", &p)
+        };
+        let mut layer_groups = Vec::new();
+        for lw in &w.layers {
+            let cap = match lw.kind {
+                LayerKind::Sliding => ring_cap,
+                LayerKind::Global => max_tokens,
+            };
+            let k_cache = f32s("k cache", cap * kv);
+            let v_cache = f32s("v cache", cap * kv);
+            let inv_freq = match lw.kind {
+                LayerKind::Sliding => &w.inv_freq_local,
+                LayerKind::Global => &w.inv_freq_global,
+            };
+            let rope_params = attn_params(lw.kind, true);
+            let att_params = attn_params(lw.kind, false);
+            let mm = |m: &GpuMatrix, input: &wgpu::Buffer, out: &wgpu::Buffer| {
+                bind(
+                    device,
+                    &k.matmul,
+                    "matmul",
+                    &[&m.params, &batch, &m.data, &m.scales, input, out],
+                )
+            };
+            let norm = |weight: &wgpu::Buffer, input: &wgpu::Buffer, out: &wgpu::Buffer| {
+                bind(
+                    device,
+                    &k.rmsnorm,
+                    "rmsnorm",
+                    &[&w.norm_params, &batch, input, weight, out],
+                )
+            };
+            layer_groups.push(LayerGroups {
+                attn_norm: norm(&lw.attn_norm, &x, &xn),
+                qkv: mm(&lw.qkv, &xn, &qkv),
+                rope: bind(
+                    device,
+                    &k.rope,
+                    "rope",
+                    &[
+                        &rope_params,
+                        &batch,
+                        &qkv,
+                        &lw.q_norm,
+                        &lw.k_norm,
+                        inv_freq,
+                        &q_rot,
+                        &k_cache,
+                        &v_cache,
+                    ],
+                ),
+                attention: bind(
+                    device,
+                    &k.attention,
+                    "attention",
+                    &[&att_params, &batch, &q_rot, &k_cache, &v_cache, &att],
+                ),
+                o: mm(&lw.o, &att, &proj),
+                post_attn: norm(&lw.post_attn_norm, &proj, &x),
+                pre_ffn: norm(&lw.pre_ffn_norm, &x, &xn),
+                gate_up: mm(&lw.gate_up, &xn, &gu),
+                geglu: bind(
+                    device,
+                    &k.geglu,
+                    "geglu",
+                    &[&w.geglu_params, &batch, &gu, &act],
+                ),
+                down: mm(&lw.down, &act, &proj),
+                post_ffn: norm(&lw.post_ffn_norm, &proj, &x),
+            });
+        }
+        let embed_groups = w
+            .embed
+            .iter()
+            .map(|ch| {
+                let m = &ch.matrix;
+                bind(
+                    device,
+                    &k.embed,
+                    "embed",
+                    &[&ch.embed_params, &batch, &tokens, &m.data, &m.scales, &x],
+                )
+            })
+            .collect();
+        let lm_groups = w
+            .embed
+            .iter()
+            .map(|ch| {
+                let m = &ch.matrix;
+                bind(
+                    device,
+                    &k.matmul,
+                    "lm head",
+                    &[&m.params, &lm_batch, &m.data, &m.scales, &xf, &logits],
+                )
+            })
+            .collect();
+        let final_norm_group = bind(
+            device,
+            &k.rmsnorm,
+            "final norm",
+            &[&w.norm_params, &lm_batch, &x, &w.final_norm, &xf],
+        );
+        let argmax_group = bind(
+            device,
+            &k.argmax,
+            "argmax",
+            &[&w.argmax_params, &lm_batch, &logits, &argmax],
+        );
+        if let Some(e) = pollster::block_on(device.pop_error_scope()) {
+            return Err(Error::Runtime(format!(
+                "could not allocate a {max_tokens}-token session on the GPU: {e}"
+            )));
+        }
+        Ok(Self {
+            max_tokens,
+            len: 0,
+            max_batch,
+            logit_rows,
+            ring_cap,
+            ring_owner: vec![usize::MAX; ring_cap],
+            tokens,
+            batch,
+            lm_batch,
+            logits,
+            argmax,
+            staging,
+            embed_groups,
+            layer_groups,
+            final_norm_group,
+            lm_groups,
+            argmax_group,
+            profiler: ctx.timestamps.then(|| {
+                // Every dispatch a step can make: embedding and LM head chunks, 11 per layer,
+                // the final norm and the argmax.
+                let dispatches = 2 * w.embed.len() + 11 * w.layers.len() + 2;
+                Profiler::new(device, &ctx.queue, dispatches)
+            }),
+            inner,
+        })
+    }
+
+    /// Runs `tokens` in steps; returns the logits `want` asks for, or with `greedy` only the
+    /// argmax of the last position (as a one-value "row").
+    fn run(&mut self, tokens: &[u32], want: Want, greedy: bool) -> Result<Vec<f32>> {
+        let c = &self.inner.config;
+        if tokens.is_empty() {
+            return Err(Error::InvalidInput(
+                "forward needs at least one token".into(),
+            ));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        let needed = self.len + tokens.len();
+        if needed > self.max_tokens {
+            return Err(Error::ContextOverflow {
+                needed,
+                limit: self.max_tokens,
+                limit_name: "the session's KV budget",
+            });
+        }
+        let step = if want == Want::All {
+            self.logit_rows.min(self.max_batch)
+        } else {
+            self.max_batch
+        };
+        let mut out = Vec::new();
+        let steps = tokens.chunks(step).count();
+        for (i, chunk) in tokens.chunks(step).enumerate() {
+            let last = i + 1 == steps;
+            let (lm_rows, readout) = match (want, last, greedy) {
+                (_, true, true) => (1, Readout::Argmax),
+                (Want::All, _, _) => (chunk.len(), Readout::Logits),
+                (Want::Last, true, false) => (1, Readout::Logits),
+                (Want::Last, false, _) => (0, Readout::Nothing),
+            };
+            out.extend(self.step(chunk, lm_rows, readout)?);
+        }
+        Ok(out)
+    }
+
+    /// One step: `tokens` at positions `len..`, the LM head on the last `lm_rows` of them.
+    fn step(&mut self, tokens: &[u32], lm_rows: usize, readout: Readout) -> Result<Vec<f32>> {
+        let inner = self.inner.clone();
+        let (c, k, queue) = (&inner.config, &inner.kernels, &inner.ctx.queue);
+        let m = tokens.len();
+        let pos0 = self.len;
+        queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        let batch = Batch {
+            m: m as u32,
+            pos0: pos0 as u32,
+            row0: 0,
+            pad: 0,
+        };
+        queue.write_buffer(&self.batch, 0, bytemuck::bytes_of(&batch));
+        let lm = Batch {
+            m: lm_rows as u32,
+            pos0: pos0 as u32,
+            row0: (m - lm_rows) as u32,
+            pad: 0,
+        };
+        queue.write_buffer(&self.lm_batch, 0, bytemuck::bytes_of(&lm));
+
+        let mut enc = inner.ctx.device.create_command_encoder(&Default::default());
+        // Kernel class of each dispatch, in order: for the profiler.
+        let mut labels: Vec<&'static str> = Vec::new();
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("step"),
+                timestamp_writes: None,
+            });
+            let timer = self.profiler.as_ref().map(|p| &p.queries);
+            let mut run = |label: &'static str,
+                           pipeline: &wgpu::ComputePipeline,
+                           group: &wgpu::BindGroup,
+                           x: usize,
+                           y: usize| {
+                let i = labels.len() as u32;
+                labels.push(label);
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, group, &[]);
+                if let Some(q) = timer {
+                    pass.write_timestamp(q, 2 * i);
+                }
+                pass.dispatch_workgroups(x as u32, y as u32, 1);
+                if let Some(q) = timer {
+                    pass.write_timestamp(q, 2 * i + 1);
+                }
+            };
+            let matmul = |mat: &GpuMatrix, rows: usize| {
+                let entry = match (mat.bits, rows) {
+                    (4, 1) => "matvec_q4",
+                    (4, _) => "matmul_q4",
+                    (_, 1) => "matvec_q8",
+                    _ => "matmul_q8",
+                };
+                let y = if rows == 1 {
+                    1
+                } else {
+                    rows.div_ceil(MATMUL_TOKENS as usize)
+                };
+                (
+                    entry,
+                    k.matmul.pipeline(entry),
+                    mat.n.div_ceil(MATMUL_ROWS as usize),
+                    y,
+                )
+            };
+            let embed = k.embed.pipeline("embed_q8");
+            for g in &self.embed_groups {
+                run("embed", embed, g, m, 1);
+            }
+            let (norm, norm_add) = (
+                k.rmsnorm.pipeline("rmsnorm"),
+                k.rmsnorm.pipeline("rmsnorm_add"),
+            );
+            let heads = c.num_heads;
+            for (lw, g) in inner.weights.layers.iter().zip(&self.layer_groups) {
+                run("rmsnorm", norm, &g.attn_norm, m, 1);
+                let (e, p, x, y) = matmul(&lw.qkv, m);
+                run(e, p, &g.qkv, x, y);
+                let rope = k.rope.pipeline("qk_norm_rope");
+                run("qk_norm_rope", rope, &g.rope, heads + c.num_kv_heads, m);
+                let attention = k.attention.pipeline("attention");
+                run("attention", attention, &g.attention, heads, m);
+                let (e, p, x, y) = matmul(&lw.o, m);
+                run(e, p, &g.o, x, y);
+                run("rmsnorm", norm_add, &g.post_attn, m, 1);
+                run("rmsnorm", norm, &g.pre_ffn, m, 1);
+                let (e, p, x, y) = matmul(&lw.gate_up, m);
+                run(e, p, &g.gate_up, x, y);
+                let geglu_groups = c.intermediate_size.div_ceil(GEGLU_WG as usize);
+                run(
+                    "geglu",
+                    k.geglu.pipeline("geglu"),
+                    &g.geglu,
+                    geglu_groups,
+                    m,
+                );
+                let (e, p, x, y) = matmul(&lw.down, m);
+                run(e, p, &g.down, x, y);
+                run("rmsnorm", norm_add, &g.post_ffn, m, 1);
+            }
+            if lm_rows > 0 {
+                run("rmsnorm", norm, &self.final_norm_group, lm_rows, 1);
+                for (ch, g) in inner.weights.embed.iter().zip(&self.lm_groups) {
+                    let (e, p, x, y) = matmul(&ch.matrix, lm_rows);
+                    let label = if e == "matvec_q8" {
+                        "lm_head (matvec_q8)"
+                    } else {
+                        "lm_head (matmul_q8)"
+                    };
+                    run(label, p, g, x, y);
+                }
+                if readout == Readout::Argmax {
+                    let argmax = k.argmax.pipeline("argmax");
+                    run("argmax", argmax, &self.argmax_group, 1, 1);
+                }
+            }
+        }
+        let read_bytes = match readout {
+            Readout::Nothing => 0,
+            Readout::Logits => (lm_rows * c.vocab_size * 4) as u64,
+            Readout::Argmax => 4,
+        };
+        let src = if readout == Readout::Argmax {
+            &self.argmax
+        } else {
+            &self.logits
+        };
+        if read_bytes > 0 {
+            enc.copy_buffer_to_buffer(src, 0, &self.staging, 0, read_bytes);
+        }
+        if let Some(p) = &self.profiler {
+            let n = 2 * labels.len() as u32;
+            enc.resolve_query_set(&p.queries, 0..n, &p.resolved, 0);
+            enc.copy_buffer_to_buffer(&p.resolved, 0, &p.staging, 0, n as u64 * 8);
+        }
+        queue.submit([enc.finish()]);
+        if let Some(p) = &mut self.profiler {
+            p.record(&inner.ctx, &labels)?;
+        }
+
+        for p in pos0..pos0 + m {
+            self.ring_owner[p % self.ring_cap] = p;
+        }
+        self.len += m;
+        if read_bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = read_back(&inner.ctx.device, &self.staging, read_bytes)?;
+        Ok(match readout {
+            Readout::Argmax => vec![f32::from_bits(u32::from_le_bytes(
+                bytes[..4].try_into().unwrap(),
+            ))],
+            _ => bytemuck::cast_slice(&bytes).to_vec(),
+        })
+    }
+
+    /// Whether positions `len - window + 1 .. len` are all still in the sliding ring.
+    fn can_rewind_to(&self, len: usize) -> bool {
+        let c = &self.inner.config;
+        let has_sliding = (0..c.num_layers).any(|l| c.layer_kind(l) == LayerKind::Sliding);
+        !has_sliding
+            || (len.saturating_sub(c.sliding_window - 1)..len)
+                .all(|p| self.ring_owner[p % self.ring_cap] == p)
+    }
+}
+
+/// Copies the first `bytes` of a mapped-readable buffer to the host, waiting for the GPU.
+fn read_back(device: &wgpu::Device, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    let slice = staging.slice(..bytes);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Runtime(format!("waiting for the GPU failed: {e}")))?;
+    rx.recv()
+        .map_err(|_| Error::Runtime("the GPU read-back was dropped".into()))?
+        .map_err(|e| Error::Runtime(format!("reading GPU results failed: {e}")))?;
+    let data = slice.get_mapped_range().to_vec();
+    staging.unmap();
+    Ok(data)
+}
+
+#[async_trait::async_trait]
+impl Session for GpuSession {
+    async fn forward(&mut self, tokens: &[u32], want: Want) -> Result<Logits> {
+        let data = self.run(tokens, want, false)?;
+        Ok(Logits::new(self.inner.config.vocab_size, data))
+    }
+
+    /// The argmax is taken on the GPU: the step reads back one u32.
+    async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        let data = self.run(tokens, Want::Last, true)?;
+        Ok(data[0].to_bits())
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::InvalidInput(format!(
+                "cannot truncate a session of {} tokens to {len}",
+                self.len
+            )));
+        }
+        if !self.can_rewind_to(len) {
+            return Err(Error::InvalidInput(format!(
+                "cannot rewind the GPU session from {} to {len} tokens: the sliding-window layers keep \
+                 only the last {} positions; start a new session and run the first {len} tokens again \
+                 (or raise GpuOptions::ring_history)",
+                self.len, self.ring_cap
+            )));
+        }
+        self.len = len;
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The whole tiny model on the GPU against the CPU reference: greedy tokens, logits,
+//! prefill versus token-by-token, truncate, chunked embedding.
+
+use lockstep_core::{Backend, Session, SessionOptions, Want};
+use lockstep_gpu::testing::{random_weights, random_weights_with_bits, tiny_config, Rng};
+use lockstep_gpu::{reference, GpuBackend, GpuOptions};
+use lockstep_model::weights::ModelWeights;
+use pollster::block_on;
+
+/// A tight threshold: both sides compute in f32 from the same quantized weights; only the
+/// order of summation differs.
+const NMSE_LOGITS: f64 = 1e-8;
+
+fn nmse(gpu: &[f32], cpu: &[f32]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len());
+    let err: f64 = gpu
+        .iter()
+        .zip(cpu)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let norm: f64 = cpu.iter().map(|b| (*b as f64).powi(2)).sum();
+    err / norm
+}
+
+fn check(name: &str, gpu: &[f32], cpu: &[f32]) {
+    let e = nmse(gpu, cpu);
+    eprintln!("{name}: nmse {e:.3e}");
+    assert!(e <= NMSE_LOGITS, "{name}: nmse {e:e} over {NMSE_LOGITS:e}");
+}
+
+fn weights() -> ModelWeights {
+    random_weights(&tiny_config(), 42)
+}
+
+/// Small steps and a short ring, so that prefill takes several steps and the sliding
+/// layers' ring wraps many times within a short test.
+fn options() -> GpuOptions {
+    GpuOptions {
+        max_batch: 5,
+        ring_history: 2,
+        max_embed_chunk_rows: Some(200),
+        ..Default::default()
+    }
+}
+
+fn prompt(n: usize) -> Vec<u32> {
+    let mut rng = Rng::new(7);
+    (0..n).map(|_| (rng.next_u64() % 512) as u32).collect()
+}
+
+fn top2_margin(row: &[f32]) -> f32 {
+    let mut v = row.to_vec();
+    v.sort_by(|a, b| b.total_cmp(a));
+    v[0] - v[1]
+}
+
+fn cpu_greedy(w: &ModelWeights, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut cache = reference::KvCache::new(&w.config);
+    let mut logits = reference::forward(w, &mut cache, prompt, Want::Last);
+    let (mut tokens, mut rows) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let t = logits.argmax(0);
+        tokens.push(t);
+        rows.push(logits.last().to_vec());
+        logits = reference::forward(w, &mut cache, &[t], Want::Last);
+    }
+    (tokens, rows)
+}
+
+#[test]
+fn info_names_adapter_and_api() {
+    let gpu = GpuBackend::load(weights(), options()).unwrap();
+    let info = gpu.info();
+    eprintln!("{info:?}");
+    assert_eq!(info.id, "gpu");
+    assert!(info.device.contains(" / "), "{}", info.device);
+    assert_eq!(info.precision, "int4 weights (int8 embedding), f32 compute");
+}
+
+#[test]
+fn greedy_tokens_match_cpu_reference_past_the_window() {
+    let w = weights();
+    let prompt = prompt(21); // longer than the window of 8, several steps of 5
+    let steps = 24;
+    let (cpu_tokens, cpu_rows) = cpu_greedy(&w, &prompt, steps);
+    let gpu = GpuBackend::load(w, options()).unwrap();
+
+    // Greedy with the GPU argmax.
+    let mut s = block_on(gpu.session(SessionOptions::with_max_tokens(64))).unwrap();
+    let mut tokens = vec![block_on(s.forward_greedy(&prompt)).unwrap()];
+    while tokens.len() < steps {
+        tokens.push(block_on(s.forward_greedy(&[*tokens.last().unwrap()])).unwrap());
+    }
+    eprintln!("cpu {cpu_tokens:?}\ngpu {tokens:?}");
+    let margins: Vec<f32> = cpu_rows.iter().map(|r| top2_margin(r)).collect();
+    eprintln!("reference top-1 minus top-2 logit per step: {margins:.2?}");
+    let distinct = cpu_tokens
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(
+        distinct >= steps / 3,
+        "the test model repeats itself: {cpu_tokens:?}"
+    );
+    assert_eq!(tokens, cpu_tokens);
+    assert_eq!(s.len(), prompt.len() + steps - 1);
+
+    // The same run reading logits: every decode step's logits match the reference.
+    let mut s = block_on(gpu.session(SessionOptions::with_max_tokens(64))).unwrap();
+    let mut logits = block_on(s.forward(&prompt, Want::Last)).unwrap();
+    let mut worst = 0f64;
+    for (i, cpu_row) in cpu_rows.iter().enumerate() {
+        assert_eq!(logits.rows(), 1);
+        let e = nmse(logits.last(), cpu_row);
+        worst = worst.max(e);
+        assert!(e <= NMSE_LOGITS, "decode step {i}: nmse {e:e}");
+        logits = block_on(s.forward(&[cpu_tokens[i]], Want::Last)).unwrap();
+    }
+    eprintln!("decode logits: worst nmse {worst:.3e} over {steps} steps");
+}
+
+#[test]
+fn all_logits_match_cpu_reference() {
+    let w = weights();
+    let prompt = prompt(23);
+    let mut cache = reference::KvCache::new(&w.config);
+    let cpu = reference::forward(&w, &mut cache, &prompt, Want::All);
+    let gpu = GpuBackend::load(w, options()).unwrap();
+    let mut s = block_on(gpu.session(SessionOptions::with_max_tokens(32))).unwrap();
+    let logits = block_on(s.forward(&prompt, Want::All)).unwrap();
+    assert_eq!(logits.rows(), prompt.len());
+    check(
+        "Want::All over 23 positions",
+        logits.as_slice(),
+        cpu.as_slice(),
+    );
+    for r in 0..prompt.len() {
+        assert_eq!(logits.argmax(r), cpu.argmax(r), "position {r}");
+    }
+}
+
+#[test]
+fn prefill_then_decode_equals_token_by_token() {
+    let w = weights();
+    let prompt = prompt(19);
+    let gpu = GpuBackend::load(w, options()).unwrap();
+    let mut a = block_on(gpu.session(SessionOptions::with_max_tokens(40))).unwrap();
+    let mut b = block_on(gpu.session(SessionOptions::with_max_tokens(40))).unwrap();
+    let la = block_on(a.forward(&prompt, Want::All)).unwrap();
+    let mut rows = Vec::new();
+    for &t in &prompt {
+        rows.extend_from_slice(block_on(b.forward(&[t], Want::Last)).unwrap().last());
+    }
+    check(
+        "prefill (steps of 5) vs token by token",
+        la.as_slice(),
+        &rows,
+    );
+    // And decoding on from both gives the same next logits.
+    let next = la.argmax(prompt.len() - 1);
+    let da = block_on(a.forward(&[next], Want::Last)).unwrap();
+    let db = block_on(b.forward(&[next], Want::Last)).unwrap();
+    check(
+        "decode after prefill vs after token by token",
+        da.last(),
+        db.last(),
+    );
+}
+
+#[test]
+fn truncate_rewinds_and_refuses_beyond_the_ring() {
+    let w = weights();
+    let prompt = prompt(30);
+    let gpu = GpuBackend::load(w.clone(), options()).unwrap();
+    let mut s = block_on(gpu.session(SessionOptions::with_max_tokens(64))).unwrap();
+    block_on(s.forward(&prompt, Want::Last)).unwrap();
+
+    // Rewind 4 tokens (the ring keeps window 8 + max_batch 5 - 1 + history 2 = 14 slots,
+    // so rewinds of up to 7 are always possible), then take another branch.
+    s.truncate(26).unwrap();
+    assert_eq!(s.len(), 26);
+    let branch = [5u32, 6, 7];
+    let got = block_on(s.forward(&branch, Want::All)).unwrap();
+    let mut cache = reference::KvCache::new(&w.config);
+    reference::forward(&w, &mut cache, &prompt[..26], Want::Last);
+    let want = reference::forward(&w, &mut cache, &branch, Want::All);
+    check("after truncate(26)", got.as_slice(), want.as_slice());
+
+    // Too far back for the sliding layers' ring: a clear error, the session unchanged.
+    let err = s.truncate(10).unwrap_err().to_string();
+    assert!(err.contains("start a new session"), "{err}");
+    assert_eq!(s.len(), 29);
+    assert!(s.truncate(30).is_err());
+    // Rewinding to the very start always works: no earlier keys are needed.
+    s.truncate(0).unwrap();
+    let got = block_on(s.forward(&prompt[..3], Want::Last)).unwrap();
+    let mut cache = reference::KvCache::new(&w.config);
+    let want = reference::forward(&w, &mut cache, &prompt[..3], Want::Last);
+    check("after truncate(0)", got.last(), want.last());
+}
+
+#[test]
+fn budget_overflow_is_an_error() {
+    let gpu = GpuBackend::load(weights(), options()).unwrap();
+    let mut s = block_on(gpu.session(SessionOptions::with_max_tokens(8))).unwrap();
+    let err = block_on(s.forward(&prompt(9), Want::Last)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            lockstep_core::Error::ContextOverflow {
+                needed: 9,
+                limit: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(s.len(), 0);
+    assert!(
+        block_on(s.forward(&[600], Want::Last)).is_err(),
+        "id outside the vocabulary"
+    );
+}
+
+#[test]
+fn default_options_one_embedding_chunk_same_logits() {
+    // Big steps, one embedding chunk, a ring that never wraps: same numbers.
+    let w = weights();
+    let prompt = prompt(20);
+    let gpu = GpuBackend::load(w.clone(), GpuOptions::default()).unwrap();
+    let mut s = block_on(gpu.session(SessionOptions::with_max_tokens(100))).unwrap();
+    let got = block_on(s.forward(&prompt, Want::All)).unwrap();
+    let mut cache = reference::KvCache::new(&w.config);
+    let want = reference::forward(&w, &mut cache, &prompt, Want::All);
+    check(
+        "default options, one step of 20",
+        got.as_slice(),
+        want.as_slice(),
+    );
+}
+
+#[test]
+fn profile_reports_time_per_kernel_class() {
+    let opts = GpuOptions {
+        profile: true,
+        ..options()
+    };
+    let gpu = GpuBackend::load(weights(), opts).unwrap();
+    let mut s = gpu
+        .new_session(SessionOptions::with_max_tokens(32))
+        .unwrap();
+    let first = block_on(s.forward_greedy(&prompt(12))).unwrap();
+    s.reset_profile();
+    block_on(s.forward_greedy(&[first])).unwrap();
+    let profile = s.profile();
+    for t in &profile {
+        eprintln!(
+            "{:>24} {:>4} dispatches {:>10.1?}",
+            t.kernel, t.dispatches, t.total
+        );
+    }
+    if profile.is_empty() {
+        eprintln!("{}: no timestamps inside compute passes", gpu.info().device);
+        return;
+    }
+    let count = |k: &str| {
+        profile
+            .iter()
+            .find(|t| t.kernel == k)
+            .map_or(0, |t| t.dispatches)
+    };
+    // One decode step of the 4-layer model: 4 attention dispatches, one argmax.
+    assert_eq!(count("attention"), 4);
+    assert_eq!(count("argmax"), 1);
+    assert_eq!(count("matvec_q4"), 16);
+}
+
+#[test]
+fn eight_bit_projections_match_cpu_reference() {
+    let w = random_weights_with_bits(&tiny_config(), 5, 8);
+    let prompt = prompt(12);
+    let mut cache = reference::KvCache::new(&w.config);
+    let want = reference::forward(&w, &mut cache, &prompt, Want::All);
+    let gpu = GpuBackend::load(w, options()).unwrap();
+    assert_eq!(gpu.info().precision, "int8 weights, f32 compute");
+    let mut s = gpu
+        .new_session(SessionOptions::with_max_tokens(16))
+        .unwrap();
+    let got = block_on(s.forward(&prompt, Want::All)).unwrap();
+    check(
+        "8-bit projections, Want::All",
+        got.as_slice(),
+        want.as_slice(),
+    );
+}
+
+#[test]
+fn missing_adapter_is_unavailable() {
+    let opts = GpuOptions {
+        adapter: Some("no such gpu".into()),
+        ..options()
+    };
+    match GpuBackend::load(weights(), opts) {
+        Err(lockstep_core::Error::Unavailable { backend, reason }) => {
+            assert_eq!(backend, "gpu");
+            assert!(reason.contains("no such gpu"), "{reason}");
+        }
+        other => panic!("expected Unavailable, got {:?}", other.map(|b| b.info())),
+    }
+}
