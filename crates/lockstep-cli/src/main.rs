@@ -1,1 +1,59 @@
-fn main() {}
+//! `lockstep`: run one INT4 ONNX Gemma on several runtimes and prove they agree.
+
+mod generate_args;
+mod prepare;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run one INT4 ONNX Gemma on several runtimes (ONNX Runtime CPU, native GPU via
+/// wgpu), with one shared generation loop, and check that they emit identical tokens.
+///
+/// Models and the ONNX Runtime library come from PyPI and npm, pinned by sha256, and are
+/// cached outside the repository (set LOCKSTEP_HOME to move the cache).
+#[derive(Parser)]
+#[command(name = "lockstep", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt; the text streams to stdout, a summary to stderr.
+    Run(run::RunArgs),
+    /// Chat interactively (multi-turn, the KV cache kept between turns).
+    Chat(run::ChatArgs),
+    /// Download a model's sources and the ONNX Runtime library, then convert the model.
+    Fetch(prepare::FetchArgs),
+    /// Convert any Gemma 3 GGUF into an INT4 ONNX model directory.
+    Convert(prepare::ConvertArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            // ONNX Runtime warns about our overridable `logits_to_keep` input at every
+            // load; that is by design, so only its errors are shown by default.
+            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ort=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Chat(args) => run::chat(args),
+        Command::Fetch(args) => prepare::fetch(args),
+        Command::Convert(args) => prepare::convert(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -7,21 +7,26 @@ use std::sync::Arc;
 use lockstep_core::{Error, ModelConfig, Result};
 use lockstep_generate::{Generator, Tokenizer};
 use lockstep_model::cache::Cache;
-use lockstep_model::convert::{build_synthetic, convert_gguf, tiny_config, ConvertOptions};
+use lockstep_model::convert::{
+    build_synthetic, convert_gguf, gemma3_1b_config, gemma3_4b_config, tiny_config, ConvertOptions,
+};
 use lockstep_model::manifest::ModelManifest;
 use lockstep_model::package::ModelPackage;
 
 use crate::backends::{load_backend, BackendKind, LoadOptions};
 
-/// Built-in models with generated weights: `gemma3-tiny` (4 layers, hidden 64) for tests.
+/// Built-in models with generated weights: `gemma3-tiny` (4 layers, hidden 64) for tests,
+/// `gemma3-1b-synthetic` and `gemma3-4b-synthetic` (real shapes) for benchmarks at scale.
 /// They use the real Gemma 3 tokenizer, fetched with the default model's sources.
 pub fn synthetic_names() -> Vec<&'static str> {
-    vec!["gemma3-tiny"]
+    vec!["gemma3-tiny", "gemma3-1b-synthetic", "gemma3-4b-synthetic"]
 }
 
 fn synthetic_config(name: &str) -> Option<ModelConfig> {
     match name {
         "gemma3-tiny" => Some(tiny_config()),
+        "gemma3-1b-synthetic" => Some(gemma3_1b_config()),
+        "gemma3-4b-synthetic" => Some(gemma3_4b_config()),
         _ => None,
     }
 }
@@ -39,24 +44,30 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let cache = Cache::from_env()?;
-    let out = cache.converted_dir(name_or_dir);
-    if ModelPackage::open(&out).is_ok() {
-        return Ok(out);
-    }
-    let is_synthetic = synthetic_config(name_or_dir).is_some();
-    let source_manifest = if is_synthetic {
-        ModelManifest::builtin("gemma3-270m")?
-    } else {
-        ModelManifest::resolve(name_or_dir).map_err(|e| {
+    let synthetic = synthetic_config(name_or_dir);
+    // A synthetic model borrows the real model's tokenizer; a manifest may be given by
+    // name or as a path to its TOML file.
+    let source_manifest = match synthetic {
+        Some(_) => ModelManifest::builtin("gemma3-270m")?,
+        None => ModelManifest::resolve(name_or_dir).map_err(|e| {
             Error::Model(format!(
                 "'{name_or_dir}' is neither a model directory nor a known model ({e}); built-in synthetic models: {}",
                 synthetic_names().join(", ")
             ))
-        })?
+        })?,
     };
+    let name = if synthetic.is_some() {
+        name_or_dir.to_string()
+    } else {
+        source_manifest.name.clone()
+    };
+    let out = cache.converted_dir(&name);
+    if ModelPackage::open(&out).is_ok() {
+        return Ok(out);
+    }
     // One conversion at a time per model; a second process waits, then finds it done.
-    let _lock = cache.lock(&format!("convert-{name_or_dir}"), |_| {
-        eprintln!("lockstep: waiting for another lockstep to finish preparing {name_or_dir}")
+    let _lock = cache.lock(&format!("convert-{name}"), |_| {
+        eprintln!("lockstep: waiting for another lockstep to finish preparing {name}")
     })?;
     if ModelPackage::open(&out).is_ok() {
         return Ok(out);
@@ -68,17 +79,20 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cache.sources_dir(&source_manifest.name));
     let opts = ConvertOptions {
-        name: name_or_dir.to_string(),
+        name: name.clone(),
         accuracy_level: 0,
         projection_bits: 4,
         tokenizer_dir,
         progress,
     };
-    if let Some(config) = synthetic_config(name_or_dir) {
+    if let Some(config) = synthetic {
         build_synthetic(config, SYNTHETIC_SEED, &out, &opts)?;
     } else {
         if progress {
-            eprintln!("lockstep: converting {} to INT4 ONNX (once)", source_manifest.name);
+            eprintln!(
+                "lockstep: converting {} to INT4 ONNX (once)",
+                source_manifest.name
+            );
         }
         convert_gguf(&sources.gguf, &out, &opts)?;
     }
@@ -105,7 +119,12 @@ impl Model {
         let dir = resolve_model(name_or_dir, load_options.progress)?;
         let package = ModelPackage::open(&dir)?;
         let tokenizer = Tokenizer::from_dir(&dir)?;
-        Ok(Self { dir, package, tokenizer, load_options })
+        Ok(Self {
+            dir,
+            package,
+            tokenizer,
+            load_options,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -132,6 +151,9 @@ impl Model {
 
     /// A generator: the shared loop driving this model on `backend`.
     pub fn generator(&self, backend: &str) -> Result<Generator> {
-        Ok(Generator::new(self.backend(backend)?, self.tokenizer.clone()))
+        Ok(Generator::new(
+            self.backend(backend)?,
+            self.tokenizer.clone(),
+        ))
     }
 }

@@ -15,7 +15,7 @@ pub use graph::{
     INPUT_IDS, LOGITS, LOGITS_TO_KEEP,
 };
 pub use quantize::{q8_0_to_matrix, quantize_q4, quantize_q8, relative_error, BLOCK};
-pub use synthetic::{synthetic_weights, tiny_config};
+pub use synthetic::{gemma3_1b_config, gemma3_4b_config, synthetic_weights, tiny_config};
 
 use std::path::{Path, PathBuf};
 

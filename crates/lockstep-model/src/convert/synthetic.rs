@@ -35,6 +35,40 @@ pub fn tiny_config() -> ModelConfig {
     }
 }
 
+/// Gemma 3 1B's shapes (HF `google/gemma-3-1b-pt` config): for measuring how cost grows
+/// past 270M without its weights. Only shapes matter for speed.
+pub fn gemma3_1b_config() -> ModelConfig {
+    ModelConfig {
+        num_layers: 26,
+        hidden_size: 1152,
+        num_heads: 4,
+        num_kv_heads: 1,
+        head_dim: 256,
+        intermediate_size: 6912,
+        sliding_window: 512,
+        embed_scale: (1152f32).sqrt(),
+        ..ModelConfig::gemma3_270m()
+    }
+}
+
+/// Gemma 3 4B's text decoder shapes (HF `google/gemma-3-4b-pt` text_config). Its global
+/// layers use linear RoPE scaling (factor 8), which `ModelConfig` cannot express; that
+/// changes values, not cost.
+pub fn gemma3_4b_config() -> ModelConfig {
+    ModelConfig {
+        num_layers: 34,
+        hidden_size: 2560,
+        num_heads: 8,
+        num_kv_heads: 4,
+        head_dim: 256,
+        intermediate_size: 10240,
+        context_length: 131_072,
+        sliding_window: 1024,
+        embed_scale: (2560f32).sqrt(),
+        ..ModelConfig::gemma3_270m()
+    }
+}
+
 /// SplitMix64: tiny, seedable and identical on every platform.
 struct Rng(u64);
 

@@ -1,0 +1,82 @@
+//! Arguments shared by the commands that load a model and generate.
+
+use std::io::IsTerminal;
+
+use clap::Args;
+use lockstep::{GenerateOptions, LoadOptions, Model, SamplingParams};
+use lockstep_core::Result;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A built-in model name (fetched and converted on first use) or a converted model
+    /// directory. Built-in: gemma3-270m, gemma3-tiny (synthetic weights, for tests).
+    #[arg(long, short, default_value = "gemma3-270m")]
+    pub model: String,
+    /// The runtime: ort-cpu (ONNX Runtime, CPU provider) or gpu (lockstep's WGSL kernels).
+    #[arg(long, short, default_value = "ort-cpu")]
+    pub backend: String,
+    /// CPU threads for ONNX Runtime (default: one per physical core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn open(&self) -> Result<Model> {
+        let opts = LoadOptions {
+            threads: self.threads,
+            progress: std::io::stderr().is_terminal(),
+            ..Default::default()
+        };
+        Model::open_with(&self.model, opts)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens when sampling.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches p (0 < p <= 1).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely one (0 <= p <= 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub min_p: f32,
+    /// Penalize tokens already seen (Hugging Face rule; 1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repeat_penalty: f32,
+    /// Seed of the sampler's random numbers (same seed, same logits: same tokens).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (not printed); repeat for several.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> Result<GenerateOptions> {
+        let mut sampling = SamplingParams::default()
+            .temperature(self.temperature)
+            .top_p(self.top_p)
+            .min_p(self.min_p)
+            .repetition_penalty(self.repeat_penalty)
+            .seed(self.seed);
+        if let Some(k) = self.top_k {
+            sampling = sampling.top_k(k);
+        }
+        let mut opts = GenerateOptions::new()
+            .max_new_tokens(self.max_tokens)
+            .sampling(sampling);
+        for s in &self.stop {
+            opts = opts.stop(s.clone());
+        }
+        opts.validate()?;
+        Ok(opts)
+    }
+}

@@ -1,0 +1,174 @@
+//! `lockstep run` and `lockstep chat`: the shared generation loop on one backend.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Args;
+use futures::StreamExt;
+use lockstep::{Event, Generator, Stats, StopReason};
+use lockstep_core::Result;
+use serde_json::json;
+
+use crate::generate_args::{ModelArgs, SamplingArgs};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print one JSON object per line instead of text: {"token","text"} per token, then
+    /// {"stats"}.
+    #[arg(long)]
+    pub json: bool,
+    /// The prompt; a base model continues it.
+    pub prompt: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A system prompt (Gemma folds it into the first user turn).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// KV budget of the whole conversation, in tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+}
+
+fn stop_name(stop: &StopReason) -> String {
+    match stop {
+        StopReason::Eos(id) => format!("eos ({id})"),
+        StopReason::StopString(s) => format!("stop string {s:?}"),
+        StopReason::MaxTokens => "max tokens".into(),
+        StopReason::Cancelled => "cancelled".into(),
+    }
+}
+
+fn stats_json(stats: &Stats) -> serde_json::Value {
+    json!({
+        "prompt_tokens": stats.prompt_tokens,
+        "generated_tokens": stats.generated_tokens,
+        "time_to_first_token_ms": stats.time_to_first_token.as_secs_f64() * 1e3,
+        "prefill_tokens_per_second": stats.prefill_tokens_per_second(),
+        "decode_tokens_per_second": stats.decode_tokens_per_second(),
+        "stop": stop_name(&stats.stop),
+    })
+}
+
+fn summary(stats: &Stats, generator: &Generator) -> String {
+    let info = generator.backend().info();
+    let rate = |r: Option<f64>| {
+        r.map(|v| format!("{v:.1} tok/s"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    format!(
+        "{} prompt tokens, {} generated, time to first token {:.0} ms, prefill {}, decode {}, stopped by {} [{} on {}]",
+        stats.prompt_tokens,
+        stats.generated_tokens,
+        stats.time_to_first_token.as_secs_f64() * 1e3,
+        rate(stats.prefill_tokens_per_second()),
+        rate(stats.decode_tokens_per_second()),
+        stop_name(&stats.stop),
+        info.id,
+        info.device,
+    )
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let opts = args.sampling.options()?;
+    let model = args.model.open()?;
+    let generator = model.generator(&args.model.backend)?;
+    let prompt_len = model.tokenizer().encode(&args.prompt)?.len();
+    let budget = prompt_len + args.sampling.max_tokens;
+    let context = model.config().context_length;
+    if budget > context {
+        return Err(lockstep_core::Error::ContextOverflow {
+            needed: budget,
+            limit: context,
+            limit_name: "the model's context",
+        });
+    }
+    let mut session = pollster::block_on(generator.session(budget))?;
+    let mut stream = generator.generate_stream(session.as_mut(), args.prompt.as_str(), opts)?;
+    let mut out = std::io::stdout().lock();
+    while let Some(event) = pollster::block_on(stream.next()) {
+        match event? {
+            Event::Token { id, text } => {
+                if args.json {
+                    writeln!(out, "{}", json!({ "token": id, "text": text }))
+                } else {
+                    write!(out, "{text}")
+                }
+                .and_then(|_| out.flush())
+                .ok();
+            }
+            Event::Done(stats) => {
+                if args.json {
+                    writeln!(out, "{}", json!({ "stats": stats_json(&stats) })).ok();
+                } else {
+                    writeln!(out).ok();
+                }
+                eprintln!("{}", summary(&stats, &generator));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn chat(args: ChatArgs) -> Result<ExitCode> {
+    let opts = args.sampling.options()?;
+    let model = args.model.open()?;
+    let generator = model.generator(&args.model.backend)?;
+    let session = pollster::block_on(generator.session(args.context))?;
+    let mut chat = generator.chat(session)?;
+    if let Some(system) = &args.system {
+        chat = chat.with_system(system.clone());
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("chatting with {} on {}; /undo drops the last exchange, /retry regenerates it, /exit or Ctrl-D quits", args.model.model, generator.backend().info().device);
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| lockstep_core::Error::io("cannot read stdin", "<stdin>", e))?;
+        let line = line.trim();
+        let stream = match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/undo" => {
+                match chat.rewind()? {
+                    Some(user) => eprintln!("(dropped: {user})"),
+                    None => eprintln!("(nothing to undo)"),
+                }
+                continue;
+            }
+            "/retry" => chat.regenerate_stream(opts.clone())?,
+            text => chat.send_stream(text, opts.clone())?,
+        };
+        let mut stream = stream;
+        let mut out = std::io::stdout().lock();
+        while let Some(event) = pollster::block_on(stream.next()) {
+            match event? {
+                Event::Token { text, .. } => {
+                    write!(out, "{text}").and_then(|_| out.flush()).ok();
+                }
+                Event::Done(stats) => {
+                    writeln!(out).ok();
+                    if interactive {
+                        eprintln!("[{}]", summary(&stats, &generator));
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
