@@ -39,7 +39,10 @@ impl FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|k| k.id() == s).ok_or_else(|| {
             let known: Vec<&str> = Self::ALL.iter().map(|k| k.id()).collect();
-            Error::InvalidInput(format!("unknown backend '{s}'; known backends: {}", known.join(", ")))
+            Error::InvalidInput(format!(
+                "unknown backend '{s}'; known backends: {}",
+                known.join(", ")
+            ))
         })
     }
 }
@@ -75,17 +78,27 @@ pub fn ort_library(opts: &LoadOptions) -> Result<PathBuf> {
 }
 
 /// Loads `model_dir` (a converted model directory) on `kind`.
-pub fn load_backend(kind: BackendKind, model_dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn Backend>> {
+pub fn load_backend(
+    kind: BackendKind,
+    model_dir: &Path,
+    opts: &LoadOptions,
+) -> Result<Arc<dyn Backend>> {
     Ok(match kind {
         BackendKind::OrtCpu => {
             let library = ort_library(opts)?;
             Arc::new(lockstep_ort::OrtBackend::load(
                 model_dir,
-                &lockstep_ort::OrtOptions { library, threads: opts.threads },
+                &lockstep_ort::OrtOptions {
+                    library,
+                    threads: opts.threads,
+                },
             )?)
         }
         BackendKind::Gpu => {
-            let gpu_opts = lockstep_gpu::GpuOptions { adapter: opts.gpu_adapter.clone(), ..Default::default() };
+            let gpu_opts = lockstep_gpu::GpuOptions {
+                adapter: opts.gpu_adapter.clone(),
+                ..Default::default()
+            };
             Arc::new(lockstep_gpu::GpuBackend::load_dir(model_dir, gpu_opts)?)
         }
     })

@@ -6,7 +6,11 @@ use lockstep::{GenerateOptions, Model};
 fn continue_greedy(generator: &lockstep::Generator, prompt: &str) -> String {
     let mut session = pollster::block_on(generator.session(64)).unwrap();
     let out = generator
-        .generate(session.as_mut(), prompt, GenerateOptions::new().max_new_tokens(12))
+        .generate(
+            session.as_mut(),
+            prompt,
+            GenerateOptions::new().max_new_tokens(12),
+        )
         .unwrap();
     out.text
 }
@@ -18,5 +22,8 @@ fn real_model_continues_like_llama_cpp() {
     let water = continue_greedy(&generator, "Water boils at a temperature of");
     assert!(water.starts_with(" 100 degrees Celsius"), "got {water:?}");
     let colors = continue_greedy(&generator, "The three primary colors are");
-    assert!(colors.starts_with(" red, blue, and yellow"), "got {colors:?}");
+    assert!(
+        colors.starts_with(" red, blue, and yellow"),
+        "got {colors:?}"
+    );
 }

@@ -25,7 +25,8 @@ fn onnx_graph_matches_the_f32_reference_across_the_sliding_window() {
     let weights = ModelWeights::load(model.dir()).unwrap();
     let tokens = prompt(40);
 
-    let mut session = pollster::block_on(backend.session(SessionOptions::with_max_tokens(64))).unwrap();
+    let mut session =
+        pollster::block_on(backend.session(SessionOptions::with_max_tokens(64))).unwrap();
     let ort = pollster::block_on(session.forward(&tokens, Want::All)).unwrap();
 
     let mut cache = reference::KvCache::new(&weights.config);
@@ -33,7 +34,10 @@ fn onnx_graph_matches_the_f32_reference_across_the_sliding_window() {
     assert_eq!(ort.rows(), tokens.len());
     for pos in 0..tokens.len() {
         let e = nmse(ort.row(pos), reference.row(pos));
-        assert!(e < 1e-6, "position {pos}: nmse {e:e} between ONNX Runtime and the reference");
+        assert!(
+            e < 1e-6,
+            "position {pos}: nmse {e:e} between ONNX Runtime and the reference"
+        );
         assert_eq!(ort.argmax(pos), reference.argmax(pos), "position {pos}");
     }
 }
@@ -44,7 +48,10 @@ fn decoding_with_the_kv_cache_equals_one_full_forward() {
     let backend = model.backend("ort-cpu").unwrap();
     let tokens = prompt(36);
     let full = pollster::block_on(async {
-        let mut s = backend.session(SessionOptions::with_max_tokens(64)).await.unwrap();
+        let mut s = backend
+            .session(SessionOptions::with_max_tokens(64))
+            .await
+            .unwrap();
         s.forward(&tokens, Want::All).await.unwrap()
     });
     // Prefill 10 tokens, then one at a time: every step's logits must match the row of
@@ -63,7 +70,10 @@ fn decoding_with_the_kv_cache_equals_one_full_forward() {
     s.truncate(20).unwrap();
     let replay = pollster::block_on(s.forward(&tokens[20..24], Want::All)).unwrap();
     for (row, pos) in (20..24).enumerate() {
-        assert!(nmse(replay.row(row), full.row(pos)) < 1e-9, "replayed position {pos}");
+        assert!(
+            nmse(replay.row(row), full.row(pos)) < 1e-9,
+            "replayed position {pos}"
+        );
     }
 }
 
@@ -74,7 +84,9 @@ fn greedy_generation_is_deterministic_and_respects_the_budget() {
     let opts = lockstep::GenerateOptions::new().max_new_tokens(20);
     let run = || {
         let mut s = pollster::block_on(generator.session(64)).unwrap();
-        generator.generate(s.as_mut(), "The three primary colors are", opts.clone()).unwrap()
+        generator
+            .generate(s.as_mut(), "The three primary colors are", opts.clone())
+            .unwrap()
     };
     let a = run();
     let b = run();
@@ -82,7 +94,9 @@ fn greedy_generation_is_deterministic_and_respects_the_budget() {
     assert_eq!(a.tokens.len(), 20);
     // A budget too small for prompt + max tokens is refused before any work.
     let mut small = pollster::block_on(generator.session(8)).unwrap();
-    let err = generator.generate(small.as_mut(), "The three primary colors are", opts).unwrap_err();
+    let err = generator
+        .generate(small.as_mut(), "The three primary colors are", opts)
+        .unwrap_err();
     assert!(err.to_string().contains("do not fit"), "{err}");
     assert_eq!(small.len(), 0);
 }
