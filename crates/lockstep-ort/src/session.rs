@@ -1,4 +1,11 @@
 //! One sequence on an ONNX Runtime session: its KV cache and the step that extends it.
+//!
+//! The KV cache is one pre-allocated ONNX Runtime tensor per layer and kind, `[1,
+//! kv_heads, max_tokens, head_dim]`, bound through an IoBinding as both the `past_*`
+//! input and the `present_*` output. GroupQueryAttention sees the same buffer on both
+//! sides and writes the new keys in place (onnxruntime-genai's "past_present_share_buffer"
+//! mode), so a step neither copies the cache through Rust nor concatenates it inside
+//! ONNX Runtime; the attention mask's length tells it how many positions are valid.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,19 +15,34 @@ use lockstep_model::convert::{
     past_key, past_value, present_key, present_value, ATTENTION_MASK, INPUT_IDS, LOGITS,
     LOGITS_TO_KEEP,
 };
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::IoBinding;
 use ort::value::{DynValue, Tensor};
 
 use crate::runtime_err;
 
-/// One sequence: the KV cache lives in ONNX Runtime values that are fed straight back
-/// as the next step's inputs, never copied through Rust buffers.
 pub(crate) struct OrtSession {
     session: Arc<Mutex<ort::session::Session>>,
+    binding: IoBinding,
+    /// Where ONNX Runtime allocates the logits, whose shape changes from step to step.
+    cpu: MemoryInfo<'static>,
     config: ModelConfig,
     max_tokens: usize,
     len: usize,
-    /// Per layer: key, value, each `[1, kv_heads, len, head_dim]`.
-    past: Vec<(DynValue, DynValue)>,
+    /// Per layer: key and value buffers, bound in place; kept alive here.
+    _cache: Vec<(DynValue, DynValue)>,
+}
+
+// SAFETY: the IoBinding and the cache tensors are only used while holding `session`'s
+// lock (in `forward`), and ONNX Runtime's objects may be used from any thread.
+unsafe impl Send for OrtSession {}
+
+fn lock(
+    session: &Mutex<ort::session::Session>,
+) -> Result<std::sync::MutexGuard<'_, ort::session::Session>> {
+    session.lock().map_err(|_| {
+        Error::Runtime("the ONNX Runtime session was poisoned by a panic in another thread".into())
+    })
 }
 
 impl OrtSession {
@@ -29,35 +51,45 @@ impl OrtSession {
         config: ModelConfig,
         max_tokens: usize,
     ) -> Result<Self> {
-        let mut s = Self {
+        let err = runtime_err("cannot allocate the KV cache");
+        let (binding, cache, cpu) = {
+            let guard = lock(&session)?;
+            let mut binding = guard.create_binding().map_err(&err)?;
+            let shape = [1usize, config.num_kv_heads, max_tokens, config.head_dim];
+            let mut cache = Vec::with_capacity(config.num_layers);
+            for l in 0..config.num_layers {
+                let mut k = Tensor::<f32>::new(guard.allocator(), shape)
+                    .map_err(&err)?
+                    .into_dyn();
+                let mut v = Tensor::<f32>::new(guard.allocator(), shape)
+                    .map_err(&err)?
+                    .into_dyn();
+                binding.bind_input(past_key(l), &k).map_err(&err)?;
+                binding.bind_input(past_value(l), &v).map_err(&err)?;
+                binding.bind_output(present_key(l), &mut k).map_err(&err)?;
+                binding
+                    .bind_output(present_value(l), &mut v)
+                    .map_err(&err)?;
+                cache.push((k, v));
+            }
+            let cpu = MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(&err)?;
+            (binding, cache, cpu)
+        };
+        Ok(Self {
             session,
+            binding,
+            cpu,
             config,
             max_tokens,
             len: 0,
-            past: Vec::new(),
-        };
-        s.reset_cache()?;
-        Ok(s)
-    }
-
-    fn kv_tensor(&self, len: usize, data: Vec<f32>) -> Result<DynValue> {
-        let shape = [1usize, self.config.num_kv_heads, len, self.config.head_dim];
-        Ok(Tensor::from_array((shape, data))
-            .map_err(runtime_err("cannot create a KV tensor"))?
-            .into_dyn())
-    }
-
-    fn reset_cache(&mut self) -> Result<()> {
-        self.past = (0..self.config.num_layers)
-            .map(|_| {
-                Ok((
-                    self.kv_tensor(0, Vec::new())?,
-                    self.kv_tensor(0, Vec::new())?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        self.len = 0;
-        Ok(())
+            _cache: cache,
+        })
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -93,50 +125,33 @@ impl Session for OrtSession {
         self.check_tokens(tokens)?;
         let total = self.len + tokens.len();
         let err = runtime_err("inference failed");
-        let ids = Tensor::from_array((
-            [1usize, tokens.len()],
-            tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-        ))
-        .map_err(&err)?;
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::from_array(([1usize, tokens.len()], ids)).map_err(&err)?;
         let mask = Tensor::from_array(([1usize, total], vec![1i64; total])).map_err(&err)?;
-        let keep = Tensor::from_array(([1usize], vec![if want == Want::Last { 1i64 } else { 0 }]))
+        let keep = if want == Want::Last { 1i64 } else { 0 };
+        let keep = Tensor::from_array(([1usize], vec![keep])).map_err(&err)?;
+        let mut session = lock(&self.session)?;
+        self.binding.bind_input(INPUT_IDS, &ids).map_err(&err)?;
+        self.binding
+            .bind_input(ATTENTION_MASK, &mask)
             .map_err(&err)?;
-        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
-            (INPUT_IDS.into(), ids.into_dyn().into()),
-            (ATTENTION_MASK.into(), mask.into_dyn().into()),
-            (LOGITS_TO_KEEP.into(), keep.into_dyn().into()),
-        ];
-        for (l, (k, v)) in self.past.iter().enumerate() {
-            inputs.push((past_key(l), k.view().into()));
-            inputs.push((past_value(l), v.view().into()));
-        }
-        let mut session = self.session.lock().map_err(|_| {
-            Error::Runtime(
-                "the ONNX Runtime session was poisoned by a panic in another thread".into(),
-            )
-        })?;
-        let mut outputs = session.run(inputs).map_err(&err)?;
+        self.binding
+            .bind_input(LOGITS_TO_KEEP, &keep)
+            .map_err(&err)?;
+        // Re-bound every step: a bound output keeps the previous step's shape.
+        self.binding
+            .bind_output_to_device(LOGITS, &self.cpu)
+            .map_err(&err)?;
+        let outputs = session.run_binding(&self.binding).map_err(&err)?;
         let logits = outputs
-            .remove(LOGITS)
-            .ok_or_else(|| Error::Runtime("the model returned no logits".into()))?;
+            .get(LOGITS)
+            .ok_or_else(|| {
+                let names: Vec<&str> = outputs.keys().collect();
+                Error::Runtime(format!("the model returned no logits (outputs: {names:?})"))
+            })?;
         let (_, data) = logits.try_extract_tensor::<f32>().map_err(&err)?;
         let logits = Logits::new(self.config.vocab_size, data.to_vec());
-        let mut past = Vec::with_capacity(self.config.num_layers);
-        for l in 0..self.config.num_layers {
-            let k = outputs.remove(present_key(l).as_str());
-            let v = outputs.remove(present_value(l).as_str());
-            match (k, v) {
-                (Some(k), Some(v)) => past.push((k, v)),
-                _ => {
-                    return Err(Error::Runtime(format!(
-                        "the model returned no KV cache for layer {l}"
-                    )))
-                }
-            }
-        }
         drop(outputs);
-        drop(session);
-        self.past = past;
         self.len = total;
         Ok(logits)
     }
@@ -149,6 +164,8 @@ impl Session for OrtSession {
         self.max_tokens
     }
 
+    /// Positions past `len` stay in the buffers but are outside the attention mask, and
+    /// the next step overwrites them.
     fn truncate(&mut self, len: usize) -> Result<()> {
         if len > self.len {
             return Err(Error::InvalidInput(format!(
@@ -156,30 +173,6 @@ impl Session for OrtSession {
                 self.len
             )));
         }
-        if len == self.len {
-            return Ok(());
-        }
-        let row = self.config.num_kv_heads * self.config.head_dim;
-        // [1, heads, len, dim] with one KV head is `len` contiguous rows; more heads
-        // need a per-head copy.
-        let heads = self.config.num_kv_heads;
-        let dim = self.config.head_dim;
-        let old_len = self.len;
-        let cut = |v: &DynValue| -> Result<Vec<f32>> {
-            let (_, data) = v
-                .try_extract_tensor::<f32>()
-                .map_err(runtime_err("cannot read the KV cache"))?;
-            let mut out = Vec::with_capacity(len * row);
-            for h in 0..heads {
-                out.extend_from_slice(&data[h * old_len * dim..h * old_len * dim + len * dim]);
-            }
-            Ok(out)
-        };
-        let mut past = Vec::with_capacity(self.past.len());
-        for (k, v) in &self.past {
-            past.push((self.kv_tensor(len, cut(k)?)?, self.kv_tensor(len, cut(v)?)?));
-        }
-        self.past = past;
         self.len = len;
         Ok(())
     }
