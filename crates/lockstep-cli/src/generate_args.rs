@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 
+use clap::builder::ArgPredicate;
 use clap::Args;
 use lockstep::{GenerateOptions, LoadOptions, Model, SamplingParams};
 use lockstep_core::Result;
@@ -12,9 +13,25 @@ pub struct ModelArgs {
     /// directory. Built-in: gemma3-270m, gemma3-tiny (synthetic weights, for tests).
     #[arg(long, short, default_value = "gemma3-270m")]
     pub model: String,
-    /// The runtime: ort-cpu (ONNX Runtime, CPU provider) or gpu (lockstep's WGSL kernels).
-    #[arg(long, short, default_value = "ort-cpu")]
+    /// The runtime: ort-cpu (ONNX Runtime, CPU provider), ort-coreml, ort-cuda, ort-xnnpack,
+    /// ort (ONNX Runtime with the --provider profile), or gpu (lockstep's WGSL kernels).
+    /// With --provider and no --backend, it is ort.
+    #[arg(
+        long,
+        short,
+        default_value = "ort-cpu",
+        default_value_if("provider", ArgPredicate::IsPresent, "ort")
+    )]
     pub backend: String,
+    /// ONNX Runtime execution-provider profile: cpu, coreml, cuda, xnnpack, or a path to a
+    /// profile .toml (`lockstep providers` lists them). Strict: if it cannot run here, the
+    /// command fails, unless --fallback names a profile to run instead.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// The profile to run on when --provider's cannot run here (e.g. --fallback cpu);
+    /// stderr and the backend's device then say so.
+    #[arg(long)]
+    pub fallback: Option<String>,
     /// CPU threads for ONNX Runtime (default: one per physical core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -25,6 +42,8 @@ impl ModelArgs {
         let opts = LoadOptions {
             threads: self.threads,
             progress: std::io::stderr().is_terminal(),
+            provider: self.provider.clone(),
+            fallback: self.fallback.clone(),
             ..Default::default()
         };
         Model::open_with(&self.model, opts)

@@ -1,7 +1,9 @@
 //! `lockstep`: run one INT4 ONNX Gemma on several runtimes and prove they agree.
 
 mod generate_args;
+mod inspect;
 mod prepare;
+mod providers;
 mod run;
 
 use std::process::ExitCode;
@@ -30,6 +32,10 @@ enum Command {
     Fetch(prepare::FetchArgs),
     /// Convert any Gemma 3 GGUF into an INT4 ONNX model directory.
     Convert(prepare::ConvertArgs),
+    /// List the ONNX Runtime library's execution providers and which profiles run here.
+    Providers(providers::ProvidersArgs),
+    /// Show where a model's nodes run under a provider profile (measured or predicted).
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,8 @@ fn main() -> ExitCode {
         Command::Chat(args) => run::chat(args),
         Command::Fetch(args) => prepare::fetch(args),
         Command::Convert(args) => prepare::convert(args),
+        Command::Providers(args) => providers::providers(args),
+        Command::Inspect(args) => inspect::inspect(args),
     };
     match result {
         Ok(code) => code,

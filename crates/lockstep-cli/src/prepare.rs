@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use lockstep_core::{Error, Result};
 use lockstep_model::cache::Cache;
-use lockstep_model::convert::{convert_gguf, ConvertOptions};
+use lockstep_model::convert::{convert_gguf, ConvertOptions, Variant};
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {
@@ -34,6 +34,12 @@ pub struct ConvertArgs {
     /// Name recorded in the manifest (default: the output directory's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Graph variant: `default` (dynamic shapes, ONNX Runtime contrib ops, also runs on
+    /// onnxruntime-genai) or `coreml` (static shapes, standard ops for the CoreML
+    /// execution provider; the 4-bit projections and the LM head stay MatMulNBits, on
+    /// the CPU).
+    #[arg(long, default_value = "default")]
+    pub variant: Variant,
 }
 
 fn progress() -> bool {
@@ -83,6 +89,7 @@ pub fn convert(args: ConvertArgs) -> Result<ExitCode> {
         projection_bits: 4,
         tokenizer_dir,
         progress: progress(),
+        variant: args.variant,
     };
     let report = convert_gguf(&args.gguf, &args.out_dir, &opts)?;
     let worst = report

@@ -1,4 +1,4 @@
-//! Model manifests (`models/*.toml`) and the runtime manifest (`providers/onnxruntime.toml`):
+//! Model manifests (`models/*.toml`) and the runtime manifest (`providers/runtime/onnxruntime.toml`):
 //! where each file comes from and the sha256 it must have.
 //!
 //! The TOML files of the repository are compiled in, so `lockstep` finds its models from any
@@ -15,7 +15,7 @@ const BUILTIN_MODELS: &[(&str, &str)] = &[(
     include_str!("../../../models/gemma3-270m.toml"),
 )];
 
-const ONNXRUNTIME_TOML: &str = include_str!("../../../providers/onnxruntime.toml");
+const ONNXRUNTIME_TOML: &str = include_str!("../../../providers/runtime/onnxruntime.toml");
 
 /// A model: its sources on package registries, their checksums and its architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,9 +310,9 @@ pub struct RuntimePlatform {
 }
 
 impl RuntimeManifest {
-    /// The compiled-in `providers/onnxruntime.toml`.
+    /// The compiled-in `providers/runtime/onnxruntime.toml`.
     pub fn onnxruntime() -> Result<Self> {
-        Self::from_toml_str(ONNXRUNTIME_TOML, "providers/onnxruntime.toml")
+        Self::from_toml_str(ONNXRUNTIME_TOML, "providers/runtime/onnxruntime.toml")
     }
 
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {

@@ -153,10 +153,14 @@ impl ModelWeights {
                 scales,
             })
         };
-        let embed = crate::convert::join_nibbles(
-            &matrix(names::EMBED_HI, c.vocab_size, c.hidden_size)?,
-            &matrix(names::EMBED_LO, c.vocab_size, c.hidden_size)?,
-        );
+        let embed = if onnx.initializer(&names::qweight(names::EMBED)).is_ok() {
+            matrix(names::EMBED, c.vocab_size, c.hidden_size)?
+        } else {
+            crate::convert::join_nibbles(
+                &matrix(names::EMBED_HI, c.vocab_size, c.hidden_size)?,
+                &matrix(names::EMBED_LO, c.vocab_size, c.hidden_size)?,
+            )
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let norm = |s: &str, len: usize| vector(&names::norm(l, s), len);

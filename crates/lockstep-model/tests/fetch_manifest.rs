@@ -176,7 +176,7 @@ fn onnxruntime_manifest_pins_four_platforms() {
 
 #[test]
 fn onnxruntime_manifest_rejects_unknown_keys() {
-    let text = std::fs::read_to_string(repo_dir("providers/onnxruntime.toml")).unwrap();
+    let text = std::fs::read_to_string(repo_dir("providers/runtime/onnxruntime.toml")).unwrap();
     let bad = text.replacen("pip_platform =", "cuda = true\npip_platform =", 1);
     match RuntimeManifest::from_toml_str(&bad, "ort.toml") {
         Err(Error::Model(msg)) => assert!(msg.contains("unknown field `cuda`"), "{msg}"),

@@ -1,8 +1,12 @@
 //! The ONNX Runtime backend: one `ort` session per loaded model, one KV cache per
 //! lockstep session, the execution provider chosen by a profile.
 
+pub mod available;
+pub mod placement;
+pub mod profile;
 mod runtime;
 mod session;
+mod session_static;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,6 +16,11 @@ use lockstep_core::{Backend, BackendInfo, Error, ModelConfig, Result, Session, S
 use lockstep_model::package::ModelPackage;
 use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 
+pub use available::{
+    availability, available_providers, providers_report, Availability, ProvidersReport,
+};
+pub use placement::{Method, PlacementReport};
+pub use profile::ProviderProfile;
 pub use runtime::version as runtime_version;
 
 /// How to build the ONNX Runtime session.
@@ -23,68 +32,283 @@ pub struct OrtOptions {
     pub threads: Option<usize>,
 }
 
-/// A converted model loaded into ONNX Runtime with the CPU execution provider.
+/// Which provider profile to run on, and what may replace it when it cannot run here.
+#[derive(Debug, Clone)]
+pub struct ProviderChoice {
+    pub profile: ProviderProfile,
+    /// Strict when `None`: a provider that cannot run here is an error.
+    pub fallback: Option<ProviderProfile>,
+}
+
+impl ProviderChoice {
+    pub fn cpu() -> Self {
+        Self {
+            profile: ProviderProfile::cpu(),
+            fallback: None,
+        }
+    }
+}
+
+/// A converted model loaded into ONNX Runtime with one provider profile.
 pub struct OrtBackend {
     session: Arc<Mutex<ort::session::Session>>,
+    /// The `coreml` variant's prefill graph (`session` is then its decode graph).
+    prefill: Option<Arc<Mutex<ort::session::Session>>>,
     config: ModelConfig,
     info: BackendInfo,
+    fallback: Option<String>,
+    cpu_nodes: Option<String>,
 }
 
 pub(crate) fn runtime_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::Runtime(format!("ONNX Runtime: {what}: {e}"))
 }
 
+/// Builds an ONNX Runtime session for `model_path` with `profile`'s provider, and with
+/// ONNX Runtime's profiling written under `profiling` when given.
+fn build_session(
+    env: &ort::environment::Environment,
+    model_path: &Path,
+    profile: &ProviderProfile,
+    threads: Option<usize>,
+    profiling: Option<&Path>,
+) -> Result<ort::session::Session> {
+    let err = runtime_err("cannot create a session");
+    // PreferCPU never auto-registers a provider: `ort`'s default policy would add CoreML
+    // on macOS, and the cpu profile must mean the CPU. The profile's provider is then
+    // registered explicitly, and a failure to register is an error.
+    let mut builder = ort::session::Session::builder(env)
+        .map_err(&err)?
+        .with_auto_device(AutoDevicePolicy::PreferCPU)
+        .map_err(|e| err(e.into()))?
+        .with_execution_providers([profile.dispatch()?])
+        .map_err(|e| {
+            Error::Runtime(format!(
+                "ONNX Runtime cannot register {} for the {} profile: {e}",
+                profile.ep_name(),
+                profile.name
+            ))
+        })?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| err(e.into()))?;
+    let env_profile = std::env::var("LOCKSTEP_ORT_PROFILE")
+        .ok()
+        .map(PathBuf::from);
+    if let Some(prefix) = profiling.map(Path::to_path_buf).or(env_profile) {
+        // ONNX Runtime's own per-node timings and placement.
+        builder = builder.with_profiling(prefix).map_err(|e| err(e.into()))?;
+    }
+    if let Some(threads) = threads {
+        if threads == 0 {
+            return Err(Error::InvalidInput("--threads must be at least 1".into()));
+        }
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| err(e.into()))?;
+    }
+    builder.commit_from_file(model_path).map_err(|e| {
+        Error::Runtime(format!(
+            "ONNX Runtime cannot load {} with {}: {e}",
+            model_path.display(),
+            profile.ep_name()
+        ))
+    })
+}
+
+/// The one-line error for a provider that cannot run here, with what to do.
+fn unavailable(profile: &ProviderProfile, reason: &str) -> Error {
+    Error::Unavailable {
+        backend: profile.backend_id(),
+        reason: format!("{reason}; or pass --fallback cpu to run on the CPU instead"),
+    }
+}
+
 impl OrtBackend {
-    /// Loads `model_dir` on the CPU provider. The CPU is pinned: `ort`'s default device
-    /// policy would pick CoreML on macOS, and the CPU profile must mean the CPU.
+    /// Loads `model_dir` on the CPU profile.
     pub fn load(model_dir: &Path, opts: &OrtOptions) -> Result<Self> {
+        Self::load_with(model_dir, opts, &ProviderChoice::cpu())
+    }
+
+    /// Loads `model_dir` on `choice`'s profile. A profile whose provider cannot run here
+    /// is an error unless a fallback is given; then the fallback runs, and the backend's
+    /// id, device and [`OrtBackend::fallback`] say so.
+    pub fn load_with(model_dir: &Path, opts: &OrtOptions, choice: &ProviderChoice) -> Result<Self> {
         let package = ModelPackage::open(model_dir)?;
         let env = runtime::environment(&opts.library)?;
-        let err = runtime_err("cannot create a session");
-        let mut builder = ort::session::Session::builder(env)
-            .map_err(&err)?
-            .with_auto_device(AutoDevicePolicy::PreferCPU)
-            .map_err(|e| err(e.into()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| err(e.into()))?;
-        if let Ok(prefix) = std::env::var("LOCKSTEP_ORT_PROFILE") {
-            // ONNX Runtime's own per-node timings, for finding where a step's time goes.
-            builder = builder.with_profiling(prefix).map_err(|e| err(e.into()))?;
-        }
-        if let Some(threads) = opts.threads {
-            if threads == 0 {
-                return Err(Error::InvalidInput("--threads must be at least 1".into()));
+        let wanted = &choice.profile;
+        let avail = availability(wanted, env);
+        let (profile, fallback) = if avail.runnable {
+            (wanted, None)
+        } else {
+            let Some(fb) = &choice.fallback else {
+                return Err(unavailable(wanted, &avail.reason));
+            };
+            let fb_avail = availability(fb, env);
+            if !fb_avail.runnable {
+                return Err(Error::Unavailable {
+                    backend: wanted.backend_id(),
+                    reason: format!(
+                        "{}; the fallback {} cannot run either: {}",
+                        avail.reason, fb.name, fb_avail.reason
+                    ),
+                });
             }
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|e| err(e.into()))?;
-        }
-        let session = builder
-            .commit_from_file(package.model_path())
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "ONNX Runtime cannot load {}: {e}",
-                    package.model_path().display()
-                ))
-            })?;
+            let short = if avail.built_in {
+                format!("{} did not register", wanted.ep_name())
+            } else {
+                format!("not built with {}", wanted.ep_name())
+            };
+            let note = format!(
+                "{} is not available in this ONNX Runtime ({short}): running on {}, as --fallback {} allows",
+                wanted.name, fb.name, fb.name
+            );
+            (fb, Some(note))
+        };
+        let session = build_session(env, &package.model_path(), profile, opts.threads, None)?;
+        let prefill = session_static::prefill_path(&package)
+            .map(|p| build_session(env, &p, profile, opts.threads, None))
+            .transpose()?
+            .map(|s| Arc::new(Mutex::new(s)));
         let threads = opts
             .threads
             .map(|t| format!("{t} threads"))
             .unwrap_or_else(|| "default threads".into());
+        // Under a non-CPU provider, nodes it does not take run on the CPU: say which.
+        let cpu_nodes = if profile.is_cpu() {
+            None
+        } else {
+            placement::predict(&package.model_path(), profile, "at load")
+                .ok()
+                .filter(|r| r.on_cpu() > 0)
+                .map(|r| {
+                    format!(
+                        "{} of {} nodes predicted on the CPU ({}); `lockstep inspect --provider {}` measures it",
+                        r.on_cpu(),
+                        r.total(),
+                        r.cpu_ops().join(", "),
+                        profile.name
+                    )
+                })
+        };
+        let mut device = match profile.kind() {
+            profile::EpKind::Cpu(_) => format!("CPU ({threads})"),
+            _ => format!(
+                "{} with CPU fallback for unsupported nodes ({threads})",
+                profile.ep_name()
+            ),
+        };
+        if let Some(note) = &fallback {
+            device = format!("{device}; fallback: {note}");
+        }
+        if let Some(n) = &cpu_nodes {
+            device = format!("{device}; {n}");
+        }
         Ok(Self {
             session: Arc::new(Mutex::new(session)),
+            prefill,
             config: package.manifest.config.clone(),
             info: BackendInfo {
-                id: "ort-cpu".into(),
-                runtime: format!("ONNX Runtime {}", runtime::version()),
-                device: format!("CPU ({threads})"),
+                id: profile.backend_id(),
+                runtime: format!("ONNX Runtime {}", available::library_version(&opts.library)),
+                device,
                 precision: format!(
                     "int4 weights (int8 embedding), accuracy_level {}",
                     package.manifest.quantization.accuracy_level
                 ),
             },
+            fallback,
+            cpu_nodes,
         })
     }
+
+    /// Why this backend runs on a fallback profile, when it does.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Under a non-CPU provider: which nodes are predicted to run on the CPU.
+    pub fn cpu_nodes(&self) -> Option<&str> {
+        self.cpu_nodes.as_deref()
+    }
+}
+
+/// Placement of `model_dir`'s nodes under `profile`: measured (one forward pass with
+/// ONNX Runtime's profiling on) when the provider runs here, predicted otherwise.
+/// `predict_only` skips the measurement (a prediction says what the profile declares).
+pub fn inspect_placement(
+    model_dir: &Path,
+    opts: &OrtOptions,
+    profile: &ProviderProfile,
+    predict_only: bool,
+) -> Result<PlacementReport> {
+    let package = ModelPackage::open(model_dir)?;
+    if predict_only {
+        return placement::predict(&package.model_path(), profile, "--predict");
+    }
+    let env = runtime::environment(&opts.library)?;
+    let avail = availability(profile, env);
+    if !avail.runnable {
+        let why = if avail.built_in {
+            avail.reason
+        } else {
+            format!("{} is not in this ONNX Runtime", profile.ep_name())
+        };
+        return placement::predict(&package.model_path(), profile, &why);
+    }
+    let dir = std::env::temp_dir().join(format!("lockstep-placement-{}", std::process::id()));
+    lockstep_model::cache::create_dir_all(&dir)?;
+    let result = measure(&package, env, opts, profile, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(
+    package: &ModelPackage,
+    env: &ort::environment::Environment,
+    opts: &OrtOptions,
+    profile: &ProviderProfile,
+    dir: &Path,
+) -> Result<PlacementReport> {
+    let session = build_session(
+        env,
+        &package.model_path(),
+        profile,
+        opts.threads,
+        Some(&dir.join("placement")),
+    )?;
+    let backend = OrtBackend {
+        session: Arc::new(Mutex::new(session)),
+        prefill: None,
+        config: package.manifest.config.clone(),
+        info: BackendInfo {
+            id: profile.backend_id(),
+            runtime: String::new(),
+            device: String::new(),
+            precision: String::new(),
+        },
+        fallback: None,
+        cpu_nodes: None,
+    };
+    let bos = backend.config.bos_token_id;
+    pollster::block_on(async {
+        let mut s = backend.session(SessionOptions::with_max_tokens(8)).await?;
+        s.forward(&[bos, bos, bos, bos], lockstep_core::Want::Last)
+            .await
+            .map(|_| ())
+    })?;
+    let file = backend
+        .session
+        .lock()
+        .map_err(|_| Error::Runtime("the ONNX Runtime session lock is poisoned".into()))?
+        .end_profiling()
+        .map_err(runtime_err("cannot end profiling"))?;
+    let json = std::fs::read_to_string(&file)
+        .map_err(|e| Error::io("cannot read ONNX Runtime's profile", &file, e))?;
+    let nodes = lockstep_model::onnx::OnnxFile::open(&package.model_path())?
+        .graph()
+        .node
+        .len();
+    placement::from_profile_json(&json, profile, nodes)
 }
 
 #[async_trait]
@@ -103,6 +327,14 @@ impl Backend for OrtBackend {
                 "a KV budget of {} tokens is outside 1..={} (the model's context)",
                 opts.max_tokens, self.config.context_length
             )));
+        }
+        if session_static::is_static(&self.session) {
+            return Ok(Box::new(session_static::StaticSession::new(
+                Arc::clone(&self.session),
+                self.prefill.clone(),
+                self.config.clone(),
+                opts.max_tokens,
+            )?));
         }
         Ok(Box::new(session::OrtSession::new(
             Arc::clone(&self.session),

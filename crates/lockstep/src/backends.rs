@@ -7,22 +7,62 @@ use std::sync::Arc;
 use lockstep_core::{Backend, Error, Result};
 use lockstep_model::cache::Cache;
 
-/// The runtimes lockstep can run a model on.
+/// The runtimes lockstep can run a model on. ONNX Runtime backends are named after their
+/// execution-provider profile (`providers/*.toml`): `ort-cpu`, `ort-coreml`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackendKind {
     /// ONNX Runtime with its CPU execution provider.
     OrtCpu,
+    /// ONNX Runtime with the CoreML execution provider (macOS).
+    OrtCoreml,
+    /// ONNX Runtime with the CUDA execution provider (an onnxruntime-gpu build).
+    OrtCuda,
+    /// ONNX Runtime with the XNNPACK execution provider.
+    OrtXnnpack,
+    /// ONNX Runtime with the profile named by [`LoadOptions::provider`] (cpu if none).
+    Ort,
     /// lockstep's own WGSL kernels on wgpu (Vulkan, Metal, D3D12).
     Gpu,
 }
 
 impl BackendKind {
+    /// The backends that run on any machine (what `demo` and `bench` try by default).
     pub const ALL: [BackendKind; 2] = [BackendKind::OrtCpu, BackendKind::Gpu];
+
+    /// Every id `--backend` accepts.
+    pub const KNOWN: [BackendKind; 6] = [
+        BackendKind::OrtCpu,
+        BackendKind::OrtCoreml,
+        BackendKind::OrtCuda,
+        BackendKind::OrtXnnpack,
+        BackendKind::Ort,
+        BackendKind::Gpu,
+    ];
 
     pub fn id(self) -> &'static str {
         match self {
             BackendKind::OrtCpu => "ort-cpu",
+            BackendKind::OrtCoreml => "ort-coreml",
+            BackendKind::OrtCuda => "ort-cuda",
+            BackendKind::OrtXnnpack => "ort-xnnpack",
+            BackendKind::Ort => "ort",
             BackendKind::Gpu => "gpu",
+        }
+    }
+
+    /// Whether this is ONNX Runtime (with some provider profile).
+    pub fn is_ort(self) -> bool {
+        self != BackendKind::Gpu
+    }
+
+    /// The built-in provider profile the id names; `None` for `ort` and `gpu`.
+    pub fn provider(self) -> Option<&'static str> {
+        match self {
+            BackendKind::OrtCpu => Some("cpu"),
+            BackendKind::OrtCoreml => Some("coreml"),
+            BackendKind::OrtCuda => Some("cuda"),
+            BackendKind::OrtXnnpack => Some("xnnpack"),
+            BackendKind::Ort | BackendKind::Gpu => None,
         }
     }
 }
@@ -37,13 +77,16 @@ impl FromStr for BackendKind {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|k| k.id() == s).ok_or_else(|| {
-            let known: Vec<&str> = Self::ALL.iter().map(|k| k.id()).collect();
-            Error::InvalidInput(format!(
-                "unknown backend '{s}'; known backends: {}",
-                known.join(", ")
-            ))
-        })
+        Self::KNOWN
+            .into_iter()
+            .find(|k| k.id() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::KNOWN.iter().map(|k| k.id()).collect();
+                Error::InvalidInput(format!(
+                    "unknown backend '{s}'; known backends: {}",
+                    known.join(", ")
+                ))
+            })
     }
 }
 
@@ -59,6 +102,44 @@ pub struct LoadOptions {
     pub gpu_adapter: Option<String>,
     /// Show progress bars for a first-use download.
     pub progress: bool,
+    /// ONNX Runtime execution-provider profile: a built-in name (cpu, coreml, cuda,
+    /// xnnpack) or a path to a profile TOML. `None`: the one the backend id names.
+    pub provider: Option<String>,
+    /// The profile to run on when `provider`'s cannot run here. `None` is strict: that
+    /// is an error.
+    pub fallback: Option<String>,
+}
+
+impl LoadOptions {
+    /// The ONNX Runtime library these options load (see [`ort_library`]).
+    pub fn ort_library(&self) -> Result<PathBuf> {
+        ort_library(self)
+    }
+
+    /// The provider profile (and fallback) for an ONNX Runtime backend `kind`.
+    pub fn provider_choice(&self, kind: BackendKind) -> Result<lockstep_ort::ProviderChoice> {
+        let profile = match (kind.provider(), &self.provider) {
+            (Some(named), None) => lockstep_ort::ProviderProfile::resolve(named)?,
+            (None, None) => lockstep_ort::ProviderProfile::cpu(),
+            (None, Some(p)) => lockstep_ort::ProviderProfile::resolve(p)?,
+            (Some(named), Some(p)) => {
+                let profile = lockstep_ort::ProviderProfile::resolve(p)?;
+                if profile.name != named {
+                    return Err(Error::InvalidInput(format!(
+                        "--backend {kind} runs the {named} provider but --provider asks for {}; use --backend ort --provider {p}",
+                        profile.name
+                    )));
+                }
+                profile
+            }
+        };
+        let fallback = self
+            .fallback
+            .as_deref()
+            .map(lockstep_ort::ProviderProfile::resolve)
+            .transpose()?;
+        Ok(lockstep_ort::ProviderChoice { profile, fallback })
+    }
 }
 
 /// The ONNX Runtime library to load: the explicit one, `ORT_DYLIB_PATH`, the cached one,
@@ -84,22 +165,37 @@ pub fn load_backend(
     opts: &LoadOptions,
 ) -> Result<Arc<dyn Backend>> {
     Ok(match kind {
-        BackendKind::OrtCpu => {
-            let library = ort_library(opts)?;
-            Arc::new(lockstep_ort::OrtBackend::load(
-                model_dir,
-                &lockstep_ort::OrtOptions {
-                    library,
-                    threads: opts.threads,
-                },
-            )?)
-        }
         BackendKind::Gpu => {
+            if opts.provider.is_some() || opts.fallback.is_some() {
+                return Err(Error::InvalidInput(
+                    "--provider and --fallback choose ONNX Runtime execution providers; they do not apply to --backend gpu".into(),
+                ));
+            }
             let gpu_opts = lockstep_gpu::GpuOptions {
                 adapter: opts.gpu_adapter.clone(),
                 ..Default::default()
             };
             Arc::new(lockstep_gpu::GpuBackend::load_dir(model_dir, gpu_opts)?)
+        }
+        ort_kind => {
+            let choice = opts.provider_choice(ort_kind)?;
+            let library = ort_library(opts)?;
+            let backend = lockstep_ort::OrtBackend::load_with(
+                model_dir,
+                &lockstep_ort::OrtOptions {
+                    library,
+                    threads: opts.threads,
+                },
+                &choice,
+            )?;
+            // A fallback is never silent: the backend's device says it, and so does stderr.
+            if let Some(note) = backend.fallback() {
+                eprintln!("lockstep: {note}");
+            }
+            if let Some(note) = backend.cpu_nodes() {
+                eprintln!("lockstep: {note}");
+            }
+            Arc::new(backend)
         }
     })
 }

@@ -9,6 +9,7 @@ use lockstep_generate::{Generator, Tokenizer};
 use lockstep_model::cache::Cache;
 use lockstep_model::convert::{
     build_synthetic, convert_gguf, gemma3_1b_config, gemma3_4b_config, tiny_config, ConvertOptions,
+    Variant,
 };
 use lockstep_model::manifest::ModelManifest;
 use lockstep_model::package::ModelPackage;
@@ -16,20 +17,30 @@ use lockstep_model::package::ModelPackage;
 use crate::backends::{load_backend, BackendKind, LoadOptions};
 
 /// Built-in models with generated weights: `gemma3-tiny` (4 layers, hidden 64) for tests,
-/// `gemma3-1b-synthetic` and `gemma3-4b-synthetic` (real shapes) for benchmarks at scale.
+/// `gemma3-270m-synthetic`, `gemma3-1b-synthetic` and `gemma3-4b-synthetic` (real shapes)
+/// for benchmarks at scale and on machines without the real weights.
 /// They use the real Gemma 3 tokenizer, fetched with the default model's sources.
 pub fn synthetic_names() -> Vec<&'static str> {
-    vec!["gemma3-tiny", "gemma3-1b-synthetic", "gemma3-4b-synthetic"]
+    vec![
+        "gemma3-tiny",
+        "gemma3-270m-synthetic",
+        "gemma3-1b-synthetic",
+        "gemma3-4b-synthetic",
+    ]
 }
 
 fn synthetic_config(name: &str) -> Option<ModelConfig> {
     match name {
         "gemma3-tiny" => Some(tiny_config()),
+        "gemma3-270m-synthetic" => Some(ModelConfig::gemma3_270m()),
         "gemma3-1b-synthetic" => Some(gemma3_1b_config()),
         "gemma3-4b-synthetic" => Some(gemma3_4b_config()),
         _ => None,
     }
 }
+
+/// Appended to a built-in name to get its `coreml` variant.
+pub const COREML_SUFFIX: &str = "-coreml";
 
 /// Seed of the synthetic models' weights: fixed, so that golden files stay valid.
 const SYNTHETIC_SEED: u64 = 0x6c6f_636b_7374_6570;
@@ -44,12 +55,18 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let cache = Cache::from_env()?;
-    let synthetic = synthetic_config(name_or_dir);
+    // `<model>-coreml` (e.g. `gemma3-270m-coreml`, `gemma3-tiny-coreml`) is `<model>`
+    // converted to the static-shape graph for the CoreML execution provider.
+    let (base, variant, suffix) = match name_or_dir.strip_suffix(COREML_SUFFIX) {
+        Some(base) => (base, Variant::CoreMl, COREML_SUFFIX),
+        None => (name_or_dir, Variant::Default, ""),
+    };
+    let synthetic = synthetic_config(base);
     // A synthetic model borrows the real model's tokenizer; a manifest may be given by
     // name or as a path to its TOML file.
     let source_manifest = match synthetic {
         Some(_) => ModelManifest::builtin("gemma3-270m")?,
-        None => ModelManifest::resolve(name_or_dir).map_err(|e| {
+        None => ModelManifest::resolve(base).map_err(|e| {
             Error::Model(format!(
                 "'{name_or_dir}' is neither a model directory nor a known model ({e}); built-in synthetic models: {}",
                 synthetic_names().join(", ")
@@ -59,7 +76,7 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
     let name = if synthetic.is_some() {
         name_or_dir.to_string()
     } else {
-        source_manifest.name.clone()
+        format!("{}{suffix}", source_manifest.name)
     };
     let out = cache.converted_dir(&name);
     if ModelPackage::open(&out).is_ok() {
@@ -72,9 +89,15 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
     if ModelPackage::open(&out).is_ok() {
         return Ok(out);
     }
-    let sources = lockstep_model::fetch::fetch_model(&source_manifest, &cache, progress)?;
-    let tokenizer_dir = sources
-        .tokenizer_json
+    // A synthetic model needs only the tokenizer; a real one needs the GGUF too.
+    let (gguf, tokenizer_json) = if synthetic.is_some() {
+        let (json, _) = lockstep_model::fetch::fetch_tokenizer(&source_manifest, &cache, progress)?;
+        (None, json)
+    } else {
+        let sources = lockstep_model::fetch::fetch_model(&source_manifest, &cache, progress)?;
+        (Some(sources.gguf), sources.tokenizer_json)
+    };
+    let tokenizer_dir = tokenizer_json
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cache.sources_dir(&source_manifest.name));
@@ -84,17 +107,18 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
         projection_bits: 4,
         tokenizer_dir,
         progress,
+        variant,
     };
     if let Some(config) = synthetic {
         build_synthetic(config, SYNTHETIC_SEED, &out, &opts)?;
-    } else {
+    } else if let Some(gguf) = gguf {
         if progress {
             eprintln!(
                 "lockstep: converting {} to INT4 ONNX (once)",
                 source_manifest.name
             );
         }
-        convert_gguf(&sources.gguf, &out, &opts)?;
+        convert_gguf(&gguf, &out, &opts)?;
     }
     Ok(out)
 }

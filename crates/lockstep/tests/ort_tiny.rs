@@ -100,3 +100,50 @@ fn greedy_generation_is_deterministic_and_respects_the_budget() {
     assert!(err.to_string().contains("do not fit"), "{err}");
     assert_eq!(small.len(), 0);
 }
+
+#[test]
+fn int8_activation_models_keep_the_same_weights() {
+    use lockstep_model::convert::{build_synthetic, tiny_config, ConvertOptions};
+    let f32_model = Model::open("gemma3-tiny").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ConvertOptions {
+        name: "tiny-acc4".into(),
+        accuracy_level: 4,
+        projection_bits: 4,
+        tokenizer_dir: f32_model.dir().to_path_buf(),
+        progress: false,
+        variant: Default::default(),
+    };
+    let seed = lockstep_model_seed(&f32_model);
+    build_synthetic(tiny_config(), seed, &dir.path().join("m"), &opts).unwrap();
+    // The 8-bit table is stored whole instead of in two halves; the codes are the same.
+    let a = ModelWeights::load(f32_model.dir()).unwrap();
+    let b = ModelWeights::load(&dir.path().join("m")).unwrap();
+    assert_eq!(a, b);
+    let m = Model::open(dir.path().join("m").to_str().unwrap()).unwrap();
+    let generator = m.generator("ort-cpu").unwrap();
+    let info = generator.backend().info();
+    assert!(
+        info.precision.contains("accuracy_level 4"),
+        "{}",
+        info.precision
+    );
+    let mut s = pollster::block_on(generator.session(64)).unwrap();
+    let out = generator
+        .generate(
+            s.as_mut(),
+            "Hello",
+            lockstep::GenerateOptions::new().max_new_tokens(8),
+        )
+        .unwrap();
+    assert_eq!(out.tokens.len(), 8);
+}
+
+fn lockstep_model_seed(model: &Model) -> u64 {
+    model
+        .package()
+        .manifest
+        .source
+        .seed
+        .expect("a synthetic model records its seed")
+}

@@ -148,20 +148,26 @@ pub fn write_model(
     let (cos_local, sin_local) = rope_tables(c.rope_theta_local, "local", &mut g)?;
     let (cos_global, sin_global) = rope_tables(c.rope_theta_global, "global", &mut g)?;
 
-    // The tied 8-bit table is stored as two 4-bit halves of each code,
-    // `q - 128 = 16 (hi - 8) + lo`: ONNX Runtime's CPU MatMulNBits has no fast f32 path for
-    // 8 bits (it dequantized all 262,144 x 640 weights on every step, 0.7 s), while two
-    // 4-bit matmuls give the same f32 result at 4-bit speed.
-    let (hi, lo) = split_nibbles(&weights.embed);
-    add_quant(&mut init, names::EMBED_HI, &hi)?;
-    add_quant(&mut init, names::EMBED_LO, &lo)?;
-    let zp_bytes = lo.n * lo.blocks_per_row().div_ceil(2);
-    init.add_raw(
-        &names::zero_points(names::EMBED_LO),
-        data_type::UINT8,
-        &[zp_bytes as i64],
-        &vec![0u8; zp_bytes],
-    )?;
+    // The tied 8-bit table. With accuracy_level 0 it is stored as two 4-bit halves of each
+    // code, `q - 128 = 16 (hi - 8) + lo`: ONNX Runtime's CPU MatMulNBits has no fast f32
+    // path for 8 bits (it dequantized all 262,144 x 640 weights on every step, 0.7 s),
+    // while two 4-bit matmuls give the same f32 result at 4-bit speed. With int8
+    // activations (accuracy_level 4) its 8-bit kernel is fast, and the table stays whole.
+    let split = accuracy_level != 4;
+    let halves = split.then(|| split_nibbles(&weights.embed));
+    if let Some((hi, lo)) = &halves {
+        add_quant(&mut init, names::EMBED_HI, hi)?;
+        add_quant(&mut init, names::EMBED_LO, lo)?;
+        let zp_bytes = lo.n * lo.blocks_per_row().div_ceil(2);
+        init.add_raw(
+            &names::zero_points(names::EMBED_LO),
+            data_type::UINT8,
+            &[zp_bytes as i64],
+            &vec![0u8; zp_bytes],
+        )?;
+    } else {
+        add_quant(&mut init, names::EMBED, &weights.embed)?;
+    }
 
     // Embedding: gather both halves' rows, unpack the nibbles, rebuild the 8-bit codes,
     // dequantize and scale by sqrt(hidden).
@@ -204,16 +210,27 @@ pub fn write_model(
             vec![("to", Attr::Int(data_type::FLOAT as i64))],
         )
     };
-    let hi_codes = unpack(&mut g, names::EMBED_HI);
-    let lo_codes = unpack(&mut g, names::EMBED_LO);
-    let hi16 = g.op("Mul", &[&hi_codes, "const_16"], vec![]);
-    let code = g.op("Add", &[&hi16, &lo_codes], vec![]);
+    let (code, scales) = if split {
+        let hi_codes = unpack(&mut g, names::EMBED_HI);
+        let lo_codes = unpack(&mut g, names::EMBED_LO);
+        let hi16 = g.op("Mul", &[&hi_codes, "const_16"], vec![]);
+        let code = g.op("Add", &[&hi16, &lo_codes], vec![]);
+        (code, names::scales(names::EMBED_LO))
+    } else {
+        let rows = g.op(
+            "Gather",
+            &[&names::qweight(names::EMBED), INPUT_IDS],
+            vec![("axis", Attr::Int(0))],
+        );
+        let code = g.op(
+            "Cast",
+            &[&rows],
+            vec![("to", Attr::Int(data_type::FLOAT as i64))],
+        );
+        (code, names::scales(names::EMBED))
+    };
     let centered = g.op("Sub", &[&code, "const_128"], vec![]);
-    let scales_3d = g.op(
-        "Reshape",
-        &[&names::scales(names::EMBED_LO), "const_embed_scales_shape"],
-        vec![],
-    );
+    let scales_3d = g.op("Reshape", &[&scales, "const_embed_scales_shape"], vec![]);
     let row_scales = g.op(
         "Gather",
         &[&scales_3d, INPUT_IDS],
@@ -338,11 +355,25 @@ pub fn write_model(
         &[&x, &start, "const_max_i64", "const_axis1"],
         vec![],
     );
-    // The tied LM head: the same 8-bit initializers as the embedding.
-    // The tied LM head: the same two halves as the embedding, summed.
-    let lm_hi = matmul_nbits(&mut g, &kept, names::EMBED_HI, &hi, accuracy_level, false);
-    let lm_lo = matmul_nbits(&mut g, &kept, names::EMBED_LO, &lo, accuracy_level, true);
-    g.node("Add", "", &[&lm_hi, &lm_lo], &[LOGITS], vec![]);
+    // The tied LM head: the same initializers as the embedding (both halves, summed).
+    match &halves {
+        Some((hi, lo)) => {
+            let lm_hi = matmul_nbits(&mut g, &kept, names::EMBED_HI, hi, accuracy_level, false);
+            let lm_lo = matmul_nbits(&mut g, &kept, names::EMBED_LO, lo, accuracy_level, true);
+            g.node("Add", "", &[&lm_hi, &lm_lo], &[LOGITS], vec![]);
+        }
+        None => {
+            let lm = matmul_nbits(
+                &mut g,
+                &kept,
+                names::EMBED,
+                &weights.embed,
+                accuracy_level,
+                false,
+            );
+            g.node("Identity", "", &[&lm], &[LOGITS], vec![]);
+        }
+    }
 
     g.output(
         LOGITS,

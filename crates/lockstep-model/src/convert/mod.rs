@@ -6,6 +6,7 @@
 //! 12 prompts and the first six ids on 11 of 12 at 270M.
 
 mod graph;
+pub mod graph_coreml;
 pub mod names;
 mod quantize;
 mod synthetic;
@@ -43,6 +44,54 @@ pub struct ConvertOptions {
     pub projection_bits: u8,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Which graph to write: the dynamic-shape default, or the static-shape `coreml` one.
+    pub variant: Variant,
+}
+
+/// The graph a conversion writes; recorded as the manifest's `variant`. Both use the same
+/// initializers (names, layouts, 4-bit codes and scales), so the weights are identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    /// Dynamic shapes, ONNX Runtime contrib ops (GroupQueryAttention,
+    /// SimplifiedLayerNormalization), onnxruntime-genai compatible.
+    #[default]
+    Default,
+    /// Static shapes and standard ops for the CoreML execution provider; see
+    /// [`graph_coreml`] for the I/O contract and what stays on the CPU.
+    CoreMl,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::Default, Variant::CoreMl];
+
+    /// The name used on the command line and in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Default => "default",
+            Variant::CoreMl => "coreml",
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown model variant '{s}'; known variants: default, coreml"
+                ))
+            })
+    }
 }
 
 /// What a conversion produced.
@@ -341,12 +390,15 @@ pub fn write_package(
             opts.name,
             env!("CARGO_PKG_VERSION")
         );
-        graph::write_model(weights, &tmp, opts.accuracy_level, &doc)?;
+        match opts.variant {
+            Variant::Default => graph::write_model(weights, &tmp, opts.accuracy_level, &doc)?,
+            Variant::CoreMl => graph_coreml::write_model(weights, &tmp, opts.accuracy_level, &doc)?,
+        }
         let manifest = PackageManifest {
             name: opts.name.clone(),
             converter: format!("lockstep {}", env!("CARGO_PKG_VERSION")),
             converter_version: CONVERTER_VERSION,
-            variant: "default".into(),
+            variant: opts.variant.as_str().into(),
             source,
             quantization: QuantSettings {
                 projection_bits: opts.projection_bits,
@@ -360,8 +412,13 @@ pub fn write_package(
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         crate::cache::atomic_write(tmp.join(MANIFEST_FILE), &json)?;
-        let genai = serde_json::to_vec_pretty(&genai_config(&weights.config)).expect("serializes");
-        crate::cache::atomic_write(tmp.join(GENAI_CONFIG_FILE), &genai)?;
+        // onnxruntime-genai runs the default graph only (the coreml one has static shapes
+        // and its own I/O names).
+        if opts.variant == Variant::Default {
+            let genai =
+                serde_json::to_vec_pretty(&genai_config(&weights.config)).expect("serializes");
+            crate::cache::atomic_write(tmp.join(GENAI_CONFIG_FILE), &genai)?;
+        }
         Ok(manifest)
     })();
     let manifest = match result {

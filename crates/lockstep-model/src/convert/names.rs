@@ -1,6 +1,8 @@
 //! Initializer names in the converted graph, shared by the writer and the reader.
 
-/// The tied embedding / LM head, stored as the high and low nibbles of its 8-bit codes.
+/// The tied embedding / LM head as one 8-bit table (models made for int8 activations)...
+pub const EMBED: &str = "model.embed_tokens";
+/// ...or as the high and low nibbles of its 8-bit codes (f32 compute).
 pub const EMBED_HI: &str = "model.embed_tokens.hi";
 pub const EMBED_LO: &str = "model.embed_tokens.lo";
 pub const FINAL_NORM: &str = "model.norm.weight";

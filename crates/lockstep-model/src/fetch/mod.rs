@@ -101,7 +101,7 @@ pub fn fetch_tokenizer(
 }
 
 /// Fetches the ONNX Runtime shared library for this platform (pinned in
-/// `providers/onnxruntime.toml`) into `runtimes/onnxruntime-<version>/`; returns its path.
+/// `providers/runtime/onnxruntime.toml`) into `runtimes/onnxruntime-<version>/`; returns its path.
 pub fn fetch_onnxruntime(cache: &Cache, progress: bool) -> Result<PathBuf> {
     fetch_runtime(&RuntimeManifest::onnxruntime()?, cache, progress)
 }
