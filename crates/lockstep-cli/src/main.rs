@@ -1,5 +1,6 @@
 //! `lockstep`: run one INT4 ONNX Gemma on several runtimes and prove they agree.
 
+mod bench;
 mod generate_args;
 mod inspect;
 mod prepare;
@@ -32,6 +33,8 @@ enum Command {
     Fetch(prepare::FetchArgs),
     /// Convert any Gemma 3 GGUF into an INT4 ONNX model directory.
     Convert(prepare::ConvertArgs),
+    /// Measure prefill and generation speed per backend (llama-bench style table, --json, --svg).
+    Bench(bench::BenchArgs),
     /// List the ONNX Runtime library's execution providers and which profiles run here.
     Providers(providers::ProvidersArgs),
     /// Show where a model's nodes run under a provider profile (measured or predicted).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => run::chat(args),
         Command::Fetch(args) => prepare::fetch(args),
         Command::Convert(args) => prepare::convert(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Providers(args) => providers::providers(args),
         Command::Inspect(args) => inspect::inspect(args),
     };

@@ -1,0 +1,115 @@
+//! The arguments and the body of `lockstep bench` (the CLI only wires them in).
+
+use std::path::PathBuf;
+
+use lockstep::{resolve_model, BackendKind, LoadOptions, Result};
+
+use crate::{bench_backend, chart, prompt_ids, BenchReport, BenchSpec, Machine};
+
+/// Measure prefill and generation speed of each backend (llama-bench style).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Backends to measure, comma-separated; one this machine cannot run is listed as unavailable.
+    #[arg(long, value_delimiter = ',', default_value = "ort-cpu,gpu")]
+    pub backends: Vec<String>,
+    /// A built-in model name (e.g. gemma3-270m, gemma3-1b-synthetic) or a converted model directory.
+    #[arg(long, default_value = "gemma3-270m")]
+    pub model: String,
+    /// CPU threads for ONNX Runtime (default: its own choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// pp: prompt tokens prefilled in one step.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// tg: tokens generated one step at a time.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Prompt tokens prefilled (unmeasured) before tg.
+    #[arg(long, default_value_t = 8)]
+    pub tg_prompt_tokens: usize,
+    /// Repetitions of each test.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Print the full report as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an SVG chart of tok/s per backend here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// GPU adapter: a substring of its name.
+    #[arg(long)]
+    pub gpu_adapter: Option<String>,
+    /// The ONNX Runtime shared library (default: ORT_DYLIB_PATH, then the cache).
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
+}
+
+/// Runs the benchmark; progress goes to stderr, the table or JSON to stdout.
+pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+    let kinds = args
+        .backends
+        .iter()
+        .map(|b| b.trim().parse::<BackendKind>())
+        .collect::<Result<Vec<_>>>()?;
+    let mut machine = Machine::current();
+    let progress = |msg: &str| eprintln!("lockstep bench: {msg}");
+    progress(&format!("resolving model {}", args.model));
+    let model_dir = resolve_model(&args.model, true)?;
+    let spec = BenchSpec {
+        model_dir: model_dir.clone(),
+        load: LoadOptions {
+            threads: args.threads,
+            ort_library: args.ort_library.clone(),
+            gpu_adapter: args.gpu_adapter.clone(),
+            progress: true,
+            ..Default::default()
+        },
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        tg_prompt_tokens: args.tg_prompt_tokens,
+        reps: args.reps.max(1),
+    };
+    // One backend at a time, each dropped before the next loads, so that they neither
+    // compete for cores nor share a peak-memory figure.
+    let results = kinds
+        .iter()
+        .map(|&k| bench_backend(k, &spec, &progress))
+        .collect();
+    machine.load_avg_end = crate::mem::load_avg();
+    let bos = lockstep_model_bos(&model_dir);
+    let report = BenchReport {
+        model: args.model.clone(),
+        model_dir: model_dir.display().to_string(),
+        threads: args.threads,
+        prompt_tokens: spec.prompt_tokens,
+        gen_tokens: spec.gen_tokens,
+        tg_prompt_tokens: spec.tg_prompt_tokens,
+        reps: spec.reps,
+        machine,
+        prompt_ids: prompt_ids(spec.prompt_tokens, bos),
+        results,
+    };
+    if let Some(path) = &args.svg {
+        std::fs::write(path, chart(&report))
+            .map_err(|e| lockstep::Error::io("cannot write the SVG chart", path, e))?;
+        progress(&format!("chart written to {}", path.display()));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(report)
+}
+
+/// The model's BOS id, from its manifest (2 for every Gemma 3), without loading the tokenizer.
+fn lockstep_model_bos(dir: &std::path::Path) -> u32 {
+    std::fs::read(dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["config"]["bos_token_id"].as_u64())
+        .unwrap_or(2) as u32
+}

@@ -1,0 +1,148 @@
+//! Measuring one backend: load, warm up, then pp and tg repetitions.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use lockstep::{
+    load_backend, Backend, BackendKind, Error, LoadOptions, Result, SessionOptions, Want,
+};
+use pollster::block_on;
+
+use crate::report::{BackendResult, Status};
+use crate::{mem, prompt_ids, Stats};
+
+/// What to measure; the same for every backend of a run.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub model_dir: PathBuf,
+    pub load: LoadOptions,
+    /// pp: tokens of the prompt prefilled in one `forward(Want::Last)`; 0 skips pp.
+    pub prompt_tokens: usize,
+    /// tg: tokens generated one `forward_greedy` at a time; 0 skips tg.
+    pub gen_tokens: usize,
+    /// Tokens prefilled before tg starts (llama-bench's tg runs on an almost empty cache).
+    pub tg_prompt_tokens: usize,
+    pub reps: usize,
+}
+
+/// Loads `kind` and measures it. Never fails: a backend that cannot load is reported as
+/// unavailable with the reason, one that fails while running as failed.
+pub fn bench_backend(
+    kind: BackendKind,
+    spec: &BenchSpec,
+    progress: &dyn Fn(&str),
+) -> BackendResult {
+    let mut result = BackendResult::new(kind.id());
+    mem::reset_peak();
+    let rss_before = mem::rss();
+    progress(&format!("{kind}: loading {}", spec.model_dir.display()));
+    let t = Instant::now();
+    let backend = match load_backend(kind, &spec.model_dir, &spec.load) {
+        Ok(b) => b,
+        Err(e) => {
+            progress(&format!("{kind}: unavailable: {e}"));
+            result.status = Status::Unavailable;
+            result.reason = Some(match e {
+                Error::Unavailable { reason, .. } => reason,
+                e => e.to_string(),
+            });
+            return result;
+        }
+    };
+    result.load_s = Some(t.elapsed().as_secs_f64());
+    result.info = Some(backend.info());
+    progress(&format!(
+        "{kind}: {} on {}, loaded in {:.2} s",
+        backend.info().runtime,
+        backend.info().device,
+        t.elapsed().as_secs_f64()
+    ));
+    if let Err(e) = run(backend.as_ref(), spec, &mut result, progress) {
+        progress(&format!("{kind}: failed: {e}"));
+        result.status = Status::Failed;
+        result.reason = Some(e.to_string());
+    }
+    result.peak_rss_bytes = mem::peak_rss();
+    result.rss_delta_bytes = match (result.peak_rss_bytes, rss_before) {
+        (Some(peak), Some(before)) => Some(peak.saturating_sub(before)),
+        _ => None,
+    };
+    result
+}
+
+fn run(
+    backend: &dyn Backend,
+    spec: &BenchSpec,
+    out: &mut BackendResult,
+    progress: &dyn Fn(&str),
+) -> Result<()> {
+    let id = backend.info().id;
+    let bos = backend.config().bos_token_id;
+    let prompt = prompt_ids(spec.prompt_tokens, bos);
+    let tg_prompt = prompt_ids(spec.tg_prompt_tokens.max(1), bos);
+
+    // Warm-up, unmeasured: first runs allocate arenas and compile pipelines.
+    progress(&format!("{id}: warm-up"));
+    let mut s = block_on(backend.session(SessionOptions::with_max_tokens(
+        spec.prompt_tokens.max(tg_prompt.len()) + 2,
+    )))?;
+    block_on(s.forward(
+        if prompt.is_empty() {
+            &tg_prompt
+        } else {
+            &prompt
+        },
+        Want::Last,
+    ))?;
+    let tok = block_on(s.forward_greedy(&[bos]))?;
+    block_on(s.forward_greedy(&[tok]))?;
+    drop(s);
+
+    if !prompt.is_empty() {
+        let (mut rates, mut ttft) = (Vec::new(), Vec::new());
+        for rep in 1..=spec.reps {
+            // TTFT: a fresh session, the whole prompt, and the first token's id.
+            let t0 = Instant::now();
+            let mut s = block_on(backend.session(SessionOptions::with_max_tokens(prompt.len())))?;
+            let t1 = Instant::now();
+            let logits = block_on(s.forward(&prompt, Want::Last))?;
+            let pp = t1.elapsed().as_secs_f64();
+            std::hint::black_box(logits.argmax(logits.rows() - 1));
+            ttft.push(t0.elapsed().as_secs_f64() * 1e3);
+            rates.push(prompt.len() as f64 / pp);
+            progress(&format!(
+                "{id}: pp{} rep {rep}/{}: {:.3} s, {:.1} tok/s",
+                prompt.len(),
+                spec.reps,
+                pp,
+                prompt.len() as f64 / pp
+            ));
+        }
+        out.pp = Some(Stats::new(rates));
+        out.ttft_ms = Some(Stats::new(ttft));
+    }
+
+    if spec.gen_tokens > 0 {
+        let mut rates = Vec::new();
+        for rep in 1..=spec.reps {
+            let budget = tg_prompt.len() + spec.gen_tokens;
+            let mut s = block_on(backend.session(SessionOptions::with_max_tokens(budget)))?;
+            let mut tok = block_on(s.forward_greedy(&tg_prompt))?;
+            let t = Instant::now();
+            for _ in 0..spec.gen_tokens {
+                tok = block_on(s.forward_greedy(&[tok]))?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            rates.push(spec.gen_tokens as f64 / secs);
+            progress(&format!(
+                "{id}: tg{} rep {rep}/{}: {:.3} s, {:.1} tok/s",
+                spec.gen_tokens,
+                spec.reps,
+                secs,
+                spec.gen_tokens as f64 / secs
+            ));
+        }
+        out.tg = Some(Stats::new(rates));
+    }
+    Ok(())
+}

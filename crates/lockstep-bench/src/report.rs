@@ -1,0 +1,198 @@
+//! The results of a run: serializable (`--json`) and printable as a llama-bench-style table.
+
+use lockstep::BackendInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::{mem, Stats};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// The backend could not be loaded on this machine (no GPU, no library, ...).
+    Unavailable,
+    /// Loaded, but a step failed.
+    Failed,
+}
+
+/// One backend's measurements. Rates are tokens per second, one sample per repetition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendResult {
+    pub backend: String,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub info: Option<BackendInfo>,
+    pub load_s: Option<f64>,
+    pub pp: Option<Stats>,
+    pub tg: Option<Stats>,
+    /// Fresh session + prefill of the whole prompt + first token id, in milliseconds.
+    pub ttft_ms: Option<Stats>,
+    /// Process peak RSS (VmHWM, reset before this backend was loaded).
+    pub peak_rss_bytes: Option<u64>,
+    /// Peak RSS minus the RSS before loading: this backend's own footprint.
+    pub rss_delta_bytes: Option<u64>,
+}
+
+impl BackendResult {
+    pub fn new(backend: &str) -> Self {
+        Self {
+            backend: backend.to_string(),
+            status: Status::Ok,
+            reason: None,
+            info: None,
+            load_s: None,
+            pp: None,
+            tg: None,
+            ttft_ms: None,
+            peak_rss_bytes: None,
+            rss_delta_bytes: None,
+        }
+    }
+}
+
+/// Where the numbers came from, load included: timings on a busy machine are noisy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub logical_cpus: usize,
+    pub os: String,
+    /// 1/5/15-minute load averages at the start and the end of the run.
+    pub load_avg_start: Option<[f64; 3]>,
+    pub load_avg_end: Option<[f64; 3]>,
+}
+
+impl Machine {
+    pub fn current() -> Self {
+        Self {
+            cpu: mem::cpu_model(),
+            logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            os: std::env::consts::OS.to_string(),
+            load_avg_start: mem::load_avg(),
+            load_avg_end: None,
+        }
+    }
+}
+
+/// A whole `lockstep bench` run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub model_dir: String,
+    pub threads: Option<usize>,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub tg_prompt_tokens: usize,
+    pub reps: usize,
+    pub machine: Machine,
+    /// The exact prompt ids every backend ran (peers are fed the same ones).
+    pub prompt_ids: Vec<u32>,
+    pub results: Vec<BackendResult>,
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| {
+        format!("{:.0}", b as f64 / (1 << 20) as f64)
+    })
+}
+
+impl BenchReport {
+    /// A Markdown table, one row per backend, as llama-bench prints one per test.
+    pub fn table(&self) -> String {
+        let pp = format!("pp{} t/s", self.prompt_tokens);
+        let tg = format!("tg{} t/s", self.gen_tokens);
+        let header = [
+            "backend",
+            "device",
+            &pp,
+            &tg,
+            "TTFT ms",
+            "load s",
+            "peak RSS MiB",
+            "Δ RSS MiB",
+        ];
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        for r in &self.results {
+            if r.status != Status::Ok {
+                // The reason goes under the table, where it can be long.
+                let mut row = vec![r.backend.clone(), format!("{:?}", r.status).to_lowercase()];
+                row.resize(header.len(), "-".into());
+                rows.push(row);
+                continue;
+            }
+            let show = |s: &Option<Stats>, d| s.as_ref().map_or("-".into(), |s| s.show(d));
+            rows.push(vec![
+                r.backend.clone(),
+                r.info.as_ref().map_or("-".into(), |i| i.device.clone()),
+                show(&r.pp, 1),
+                show(&r.tg, 1),
+                show(&r.ttft_ms, 0),
+                r.load_s.map_or("-".into(), |s| format!("{s:.2}")),
+                mib(r.peak_rss_bytes),
+                mib(r.rss_delta_bytes),
+            ]);
+        }
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| {
+                rows.iter()
+                    .map(|r| r[c].chars().count())
+                    .chain([header[c].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<String>| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                // Text left, numbers right, as llama-bench aligns them.
+                .map(|(i, (c, w))| {
+                    if i < 2 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect();
+            format!("| {} |\n", padded.join(" | "))
+        };
+        let mut out = line(header.iter().map(|s| s.to_string()).collect());
+        out += &line(
+            widths
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    if i < 2 {
+                        "-".repeat(*w)
+                    } else {
+                        format!("{}:", "-".repeat(w - 1))
+                    }
+                })
+                .collect(),
+        );
+        for r in rows {
+            out += &line(r);
+        }
+        for r in self.results.iter().filter(|r| r.status != Status::Ok) {
+            let status = format!("{:?}", r.status).to_lowercase();
+            out += &format!(
+                "\n{}: {status}: {}",
+                r.backend,
+                r.reason.as_deref().unwrap_or("?")
+            );
+        }
+        let m = &self.machine;
+        let load = |l: Option<[f64; 3]>| l.map_or("?".into(), |l| format!("{:.2}", l[0]));
+        out += &format!(
+            "\nmodel {} | {} reps | threads {} | {} ({} logical CPUs) | load avg {} -> {}\n",
+            self.model,
+            self.reps,
+            self.threads.map_or("default".into(), |t| t.to_string()),
+            m.cpu,
+            m.logical_cpus,
+            load(m.load_avg_start),
+            load(m.load_avg_end),
+        );
+        out
+    }
+}
