@@ -200,7 +200,14 @@ fn wrong_checksum() {
     assert!(!sources.join("tokenizer.json").exists());
 }
 
+/// The real model's sources, fetched first if this machine has not got them yet.
 fn lockstep_model_cache_sources() -> std::path::PathBuf {
+    let fetched = lockstep(&["fetch"], &[]);
+    assert!(
+        fetched.status.success(),
+        "`lockstep fetch` failed: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
     // The same place `lockstep fetch` uses.
     let root = std::env::var_os("LOCKSTEP_HOME")
         .map(std::path::PathBuf::from)
