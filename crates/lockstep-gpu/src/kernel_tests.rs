@@ -76,6 +76,11 @@ struct Bindings {
 
 /// Runs one dispatch of `entry` and returns every binding's contents afterwards.
 fn run(kernel: &Kernel, entry: &str, b: Bindings, groups: (u32, u32)) -> Vec<Vec<u8>> {
+    run_passes(kernel, &[(entry, groups)], b)
+}
+
+/// Runs dispatches of `kernel`'s entry points in order, all on the same bindings.
+fn run_passes(kernel: &Kernel, passes: &[(&str, (u32, u32))], b: Bindings) -> Vec<Vec<u8>> {
     use wgpu::util::DeviceExt;
     let ctx = &gpu().ctx;
     let device = &ctx.device;
@@ -97,13 +102,15 @@ fn run(kernel: &Kernel, entry: &str, b: Bindings, groups: (u32, u32)) -> Vec<Vec
         })
         .collect();
     let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
-    let group = bind(device, kernel, entry, &refs);
+    let group = bind(device, kernel, passes[0].0, &refs);
     let mut enc = device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(kernel.pipeline(entry));
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        for &(entry, groups) in passes {
+            pass.set_pipeline(kernel.pipeline(entry));
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        }
     }
     let staging: Vec<wgpu::Buffer> = buffers
         .iter()
@@ -163,7 +170,7 @@ fn matmul_case(bits: u8, n: usize, k: usize, m: usize, seed: u64) {
         _ => "matmul_q8",
     };
     let groups = (
-        n.div_ceil(8) as u32,
+        n.div_ceil(if m == 1 { 32 } else { 8 }) as u32,
         if m == 1 { 1 } else { m.div_ceil(8) as u32 },
     );
     let out = run(
@@ -282,6 +289,46 @@ fn rmsnorm_matches_cpu() {
 }
 
 #[test]
+fn add_norm_matches_cpu() {
+    let (n, rows) = (200, 3);
+    let mut rng = Rng::new(17);
+    let proj = rng.vec(rows * n, 3.0);
+    let x = rng.vec(rows * n, 2.0);
+    let (w_post, w_next) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+    let eps = 1e-6f32;
+    let out = run(
+        &gpu().kernels.add_norm,
+        "add_norm",
+        Bindings {
+            uniforms: 2,
+            data: vec![
+                words(&[n as u32, eps.to_bits(), 0, 0]),
+                batch(rows, 0, 0),
+                words(&proj),
+                words(&w_post),
+                words(&x),
+                words(&w_next),
+                words(&vec![0f32; rows * n]),
+            ],
+        },
+        (rows as u32, 1),
+    );
+    let (mut x_want, mut xn_want) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let normed = reference::rms_norm(&proj[r * n..(r + 1) * n], &w_post, eps);
+        let joined: Vec<f32> = normed
+            .iter()
+            .zip(&x[r * n..(r + 1) * n])
+            .map(|(a, b)| a + b)
+            .collect();
+        xn_want.extend(reference::rms_norm(&joined, &w_next, eps));
+        x_want.extend(joined);
+    }
+    check("add_norm residual", &f32s(&out[4]), &x_want, NMSE_DEFAULT);
+    check("add_norm next norm", &f32s(&out[6]), &xn_want, NMSE_DEFAULT);
+}
+
+#[test]
 fn embed_gathers_8bit_rows() {
     let (vocab, k) = (50, 64);
     let mut rng = Rng::new(8);
@@ -330,7 +377,8 @@ struct AttnParams {
     cap: u32,
     eps_or_window: u32,
     scale: f32,
-    pad: [u32; 2],
+    slots: u32,
+    pad: u32,
 }
 
 #[test]
@@ -352,7 +400,8 @@ fn qk_norm_rope_matches_cpu() {
         cap: cap as u32,
         eps_or_window: eps.to_bits(),
         scale: 0.0,
-        pad: [0; 2],
+        slots: 0,
+        pad: 0,
     };
     let out = run(
         &gpu().kernels.rope,
@@ -408,8 +457,16 @@ fn qk_norm_rope_matches_cpu() {
     check("qk_norm_rope v copy", &v_seen, &v_want, 0.0);
 }
 
-fn attention_case(window: usize, cap: usize, pos0: usize, m: usize, seed: u64) {
-    let (nh, nkv, hd) = (4, 2, 32);
+fn attention_case(
+    (nh, nkv): (usize, usize),
+    window: usize,
+    cap: usize,
+    pos0: usize,
+    m: usize,
+    slots: usize,
+    seed: u64,
+) {
+    let hd = 32;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut rng = Rng::new(seed);
     let q = rng.vec(m * nh * hd, 2.0);
@@ -431,11 +488,16 @@ fn attention_case(window: usize, cap: usize, pos0: usize, m: usize, seed: u64) {
         cap: cap as u32,
         eps_or_window: window as u32,
         scale,
-        pad: [0; 2],
+        slots: slots as u32,
+        pad: 0,
     };
-    let out = run(
+    let (chunk_keys, chunks) = crate::kernels::attention_split(m, pos0, window, slots);
+    let out = run_passes(
         &gpu().kernels.attention,
-        "attention",
+        &[
+            ("attention_partial", (chunks as u32, (m * nkv) as u32)),
+            ("attention_combine", (nh as u32, m as u32)),
+        ],
         Bindings {
             uniforms: 2,
             data: vec![
@@ -444,10 +506,11 @@ fn attention_case(window: usize, cap: usize, pos0: usize, m: usize, seed: u64) {
                 words(&q),
                 words(&k_cache),
                 words(&v_cache),
+                words(&vec![f32::NAN; slots * nh * hd]),
+                words(&vec![f32::NAN; slots * nh * 2]),
                 words(&vec![0f32; m * nh * hd]),
             ],
         },
-        (nh as u32, m as u32),
     );
     let mut want = Vec::new();
     for t in 0..m {
@@ -472,8 +535,11 @@ fn attention_case(window: usize, cap: usize, pos0: usize, m: usize, seed: u64) {
         }
     }
     check(
-        &format!("attention window={window} cap={cap} pos0={pos0} m={m}"),
-        &f32s(&out[5]),
+        &format!(
+            "attention heads={nh}/{nkv} window={window} cap={cap} pos0={pos0} m={m} \
+             slots={slots} ({chunks} chunks of {chunk_keys} keys)"
+        ),
+        &f32s(&out[7]),
         &want,
         NMSE_DEFAULT,
     );
@@ -481,14 +547,31 @@ fn attention_case(window: usize, cap: usize, pos0: usize, m: usize, seed: u64) {
 
 #[test]
 fn attention_matches_cpu() {
-    // Global: all keys, several tiles of 64.
-    attention_case(0, 200, 150, 3, 10);
+    // Global: all keys, several chunks of one tile each.
+    attention_case((4, 2), 0, 200, 150, 3, 96, 10);
     // Sliding window in a ring that has wrapped: the ring keeps window + m - 1 slots.
-    attention_case(8, 8 + 4 - 1, 30, 4, 11);
+    attention_case((4, 2), 8, 8 + 4 - 1, 30, 4, 128, 11);
     // Window larger than a tile, ring wrapped several times.
-    attention_case(100, 110, 500, 2, 12);
+    attention_case((4, 2), 100, 110, 500, 2, 64, 12);
     // First positions: fewer keys than the window.
-    attention_case(8, 11, 0, 4, 13);
+    attention_case((4, 2), 8, 11, 0, 4, 128, 13);
+}
+
+#[test]
+fn split_k_attention_across_chunks_windows_and_wraps() {
+    // Decode, 4 query heads on one KV head (Gemma 3 270M's grouping): chunk boundaries
+    // inside the window, a partly filled last tile, the ring wrapped.
+    attention_case((4, 1), 70, 70, 333, 1, 64, 20);
+    // Few slots: several tiles per chunk (online softmax inside a chunk), global layer.
+    attention_case((4, 1), 0, 400, 300, 1, 3, 21);
+    // Prefill step over a window: tokens with different key counts share a split, and
+    // the ring holds window + m - 1 slots, wrapped.
+    attention_case((4, 1), 40, 40 + 7 - 1, 95, 7, 7 * 2, 22);
+    // Exactly one tile's worth of keys, and a window that is a multiple of the tile.
+    attention_case((4, 1), 64, 64, 31, 1, 32, 23);
+    attention_case((4, 1), 64, 70, 200, 1, 32, 24);
+    // One query head per KV head.
+    attention_case((2, 2), 0, 90, 80, 2, 16, 25);
 }
 
 #[test]
@@ -532,9 +615,9 @@ fn argmax_takes_lowest_index_of_last_row() {
     row1[700] = 5.0;
     row1[300] = 5.0; // tie: the lower id wins
     row1[999] = 4.0;
-    let out = run(
+    let out = run_passes(
         &gpu().kernels.argmax,
-        "argmax",
+        &[("argmax_partial", (256, 1)), ("argmax", (1, 1))],
         Bindings {
             uniforms: 2,
             data: vec![
@@ -542,9 +625,9 @@ fn argmax_takes_lowest_index_of_last_row() {
                 batch(2, 0, 0),
                 words(&logits),
                 words(&[0u32]),
+                words(&[0u32; 512]),
             ],
         },
-        (1, 1),
     );
     let got = u32::from_le_bytes(out[3][..4].try_into().unwrap());
     assert_eq!(got, lockstep_core::argmax(&logits[n..]));

@@ -12,6 +12,7 @@ use lockstep_core::{Error, Result};
 pub const SOURCES: &[(&str, &str)] = &[
     ("embed.wgsl", include_str!("kernels/embed.wgsl")),
     ("rmsnorm.wgsl", include_str!("kernels/rmsnorm.wgsl")),
+    ("add_norm.wgsl", include_str!("kernels/add_norm.wgsl")),
     ("matmul.wgsl", include_str!("kernels/matmul.wgsl")),
     (
         "qk_norm_rope.wgsl",
@@ -26,10 +27,39 @@ pub const SOURCES: &[(&str, &str)] = &[
 pub(crate) const MATMUL_ROWS: u32 = 8;
 /// Tokens one prefill matmul workgroup computes (`TM` in matmul.wgsl).
 pub(crate) const MATMUL_TOKENS: u32 = 8;
+/// Rows of a matrix one matvec (single-token) workgroup computes (`MV_ROWS` in matmul.wgsl).
+pub(crate) const MATVEC_ROWS: u32 = 32;
+/// Workgroups of the argmax's first stage (`NG` in argmax.wgsl).
+pub(crate) const ARGMAX_GROUPS: u32 = 256;
 /// Threads of a geglu workgroup.
 pub(crate) const GEGLU_WG: u32 = 64;
 /// Largest head_dim the attention and RoPE kernels hold in workgroup memory.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
+/// Most query heads sharing one KV head (`MAX_G` in attention.wgsl).
+pub(crate) const MAX_GROUP: usize = 4;
+/// Split-K attention partial results per query head, per token of `max_batch`.
+pub(crate) const ATTN_SLOTS_PER_TOKEN: usize = 32;
+/// Keys per attention tile (`TILE` in attention.wgsl).
+pub(crate) const ATTN_TILE: usize = 32;
+
+/// How a step splits each token's keys over attention workgroups, as attention.wgsl's
+/// `split()` does: (keys per chunk, chunks per token), for a step of `m` tokens from
+/// position `pos0`, a layer `window` (0: global) and `slots` partial results per head.
+pub(crate) fn attention_split(
+    m: usize,
+    pos0: usize,
+    window: usize,
+    slots: usize,
+) -> (usize, usize) {
+    let mut nkeys = pos0 + m;
+    if window > 0 {
+        nkeys = nkeys.min(window);
+    }
+    let tiles = nkeys.div_ceil(ATTN_TILE);
+    let maxc = (slots / m).max(1);
+    let per = tiles.div_ceil(maxc);
+    (per * ATTN_TILE, tiles.div_ceil(per))
+}
 
 /// What a binding is, in binding order.
 #[derive(Clone, Copy)]
@@ -61,6 +91,7 @@ impl Kernel {
 pub(crate) struct Kernels {
     pub embed: Kernel,
     pub rmsnorm: Kernel,
+    pub add_norm: Kernel,
     pub matmul: Kernel,
     pub rope: Kernel,
     pub attention: Kernel,
@@ -84,6 +115,12 @@ impl Kernels {
                 &[Uniform, Uniform, Read, Read, Write],
                 &["rmsnorm", "rmsnorm_add"],
             ),
+            add_norm: build(
+                device,
+                "add_norm.wgsl",
+                &[Uniform, Uniform, Read, Read, Write, Read, Write],
+                &["add_norm"],
+            ),
             matmul: build(
                 device,
                 "matmul.wgsl",
@@ -101,8 +138,8 @@ impl Kernels {
             attention: build(
                 device,
                 "attention.wgsl",
-                &[Uniform, Uniform, Read, Read, Read, Write],
-                &["attention"],
+                &[Uniform, Uniform, Read, Read, Read, Write, Write, Write],
+                &["attention_partial", "attention_combine"],
             ),
             geglu: build(
                 device,
@@ -113,8 +150,8 @@ impl Kernels {
             argmax: build(
                 device,
                 "argmax.wgsl",
-                &[Uniform, Uniform, Read, Write],
-                &["argmax"],
+                &[Uniform, Uniform, Read, Write, Write],
+                &["argmax_partial", "argmax"],
             ),
         };
         match pollster::block_on(device.pop_error_scope()) {

@@ -20,7 +20,10 @@ use bytemuck::{Pod, Zeroable};
 use lockstep_core::{Error, LayerKind, Logits, Result, Session, Want};
 
 use crate::backend::Inner;
-use crate::kernels::{bind, GEGLU_WG, MATMUL_ROWS, MATMUL_TOKENS};
+use crate::kernels::{
+    attention_split, bind, ARGMAX_GROUPS, ATTN_SLOTS_PER_TOKEN, GEGLU_WG, MATMUL_ROWS,
+    MATMUL_TOKENS, MATVEC_ROWS,
+};
 use crate::upload::{uniform, GpuMatrix};
 
 /// The step's dynamic values (every kernel's `Batch`): tokens, first position, first row.
@@ -44,7 +47,9 @@ struct AttnParams {
     /// rope: eps; attention: window (0 = global), as bits.
     eps_or_window: u32,
     scale: f32,
-    pad: [u32; 2],
+    /// attention: partial results per query head the scratch buffers hold.
+    slots: u32,
+    pad: u32,
 }
 
 /// GPU time per kernel class, from timestamps written around every dispatch.
@@ -133,11 +138,13 @@ struct LayerGroups {
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     o: wgpu::BindGroup,
+    /// Post-attention norm + residual + pre-FFN norm (add_norm.wgsl).
     post_attn: wgpu::BindGroup,
-    pre_ffn: wgpu::BindGroup,
     gate_up: wgpu::BindGroup,
     geglu: wgpu::BindGroup,
     down: wgpu::BindGroup,
+    /// Post-FFN norm + residual, fused with the next layer's input norm (add_norm.wgsl)
+    /// except on the last layer (rmsnorm_add).
     post_ffn: wgpu::BindGroup,
 }
 
@@ -162,6 +169,8 @@ pub struct GpuSession {
     final_norm_group: wgpu::BindGroup,
     lm_groups: Vec<wgpu::BindGroup>,
     argmax_group: wgpu::BindGroup,
+    /// Partial attention results per query head the split-K scratch holds.
+    attn_slots: usize,
     profiler: Option<Profiler>,
 }
 
@@ -240,6 +249,11 @@ impl GpuSession {
         let xf = f32s("xf", logit_rows * h);
         let logits = f32s("logits", logit_rows * c.vocab_size);
         let argmax = f32s("argmax", 1);
+        let argmax_part = f32s("argmax partials", 2 * ARGMAX_GROUPS as usize);
+        // Split-K attention scratch: partial (max, sum, output) per chunk and query head.
+        let attn_slots = max_batch * ATTN_SLOTS_PER_TOKEN;
+        let part_acc = f32s("attention partials", attn_slots * c.num_heads * c.head_dim);
+        let part_ml = f32s("attention partial max/sum", attn_slots * c.num_heads * 2);
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("staging"),
             size: logits.size(),
@@ -275,12 +289,21 @@ impl GpuSession {
                     window as u32
                 },
                 scale: c.attn_scale,
-                pad: [0; 2],
+                slots: attn_slots as u32,
+                pad: 0,
             };
             uniform(device, "attention params", &p)
         };
+        let add_norm = |w_post: &wgpu::Buffer, w_next: &wgpu::Buffer| {
+            bind(
+                device,
+                &k.add_norm,
+                "add_norm",
+                &[&w.norm_params, &batch, &proj, w_post, &x, w_next, &xn],
+            )
+        };
         let mut layer_groups = Vec::new();
-        for lw in &w.layers {
+        for (i, lw) in w.layers.iter().enumerate() {
             let cap = match lw.kind {
                 LayerKind::Sliding => ring_cap,
                 LayerKind::Global => max_tokens,
@@ -332,11 +355,19 @@ impl GpuSession {
                     device,
                     &k.attention,
                     "attention",
-                    &[&att_params, &batch, &q_rot, &k_cache, &v_cache, &att],
+                    &[
+                        &att_params,
+                        &batch,
+                        &q_rot,
+                        &k_cache,
+                        &v_cache,
+                        &part_acc,
+                        &part_ml,
+                        &att,
+                    ],
                 ),
                 o: mm(&lw.o, &att, &proj),
-                post_attn: norm(&lw.post_attn_norm, &proj, &x),
-                pre_ffn: norm(&lw.pre_ffn_norm, &x, &xn),
+                post_attn: add_norm(&lw.post_attn_norm, &lw.pre_ffn_norm),
                 gate_up: mm(&lw.gate_up, &xn, &gu),
                 geglu: bind(
                     device,
@@ -345,7 +376,10 @@ impl GpuSession {
                     &[&w.geglu_params, &batch, &gu, &act],
                 ),
                 down: mm(&lw.down, &act, &proj),
-                post_ffn: norm(&lw.post_ffn_norm, &proj, &x),
+                post_ffn: match w.layers.get(i + 1) {
+                    Some(next) => add_norm(&lw.post_ffn_norm, &next.attn_norm),
+                    None => norm(&lw.post_ffn_norm, &proj, &x),
+                },
             });
         }
         let embed_groups = w
@@ -384,7 +418,7 @@ impl GpuSession {
             device,
             &k.argmax,
             "argmax",
-            &[&w.argmax_params, &lm_batch, &logits, &argmax],
+            &[&w.argmax_params, &lm_batch, &logits, &argmax, &argmax_part],
         );
         if let Some(e) = pollster::block_on(device.pop_error_scope()) {
             return Err(Error::Runtime(format!(
@@ -409,10 +443,11 @@ impl GpuSession {
             final_norm_group,
             lm_groups,
             argmax_group,
+            attn_slots,
             profiler: ctx.timestamps.then(|| {
-                // Every dispatch a step can make: embedding and LM head chunks, 11 per layer,
-                // the final norm and the argmax.
-                let dispatches = 2 * w.embed.len() + 11 * w.layers.len() + 2;
+                // Every dispatch a step can make: embedding and LM head chunks, 12 per layer,
+                // the final norm and the argmax's two stages.
+                let dispatches = 2 * w.embed.len() + 12 * w.layers.len() + 3;
                 Profiler::new(device, &ctx.queue, dispatches)
             }),
             inner,
@@ -522,10 +557,11 @@ impl GpuSession {
                 } else {
                     rows.div_ceil(MATMUL_TOKENS as usize)
                 };
+                let rows_per_group = if rows == 1 { MATVEC_ROWS } else { MATMUL_ROWS };
                 (
                     entry,
                     k.matmul.pipeline(entry),
-                    mat.n.div_ceil(MATMUL_ROWS as usize),
+                    mat.n.div_ceil(rows_per_group as usize),
                     y,
                 )
             };
@@ -538,18 +574,41 @@ impl GpuSession {
                 k.rmsnorm.pipeline("rmsnorm_add"),
             );
             let heads = c.num_heads;
-            for (lw, g) in inner.weights.layers.iter().zip(&self.layer_groups) {
-                run("rmsnorm", norm, &g.attn_norm, m, 1);
+            let add_norm = k.add_norm.pipeline("add_norm");
+            let layers = inner.weights.layers.len();
+            for (i, (lw, g)) in inner
+                .weights
+                .layers
+                .iter()
+                .zip(&self.layer_groups)
+                .enumerate()
+            {
+                if i == 0 {
+                    // Later layers' input norms are fused into the previous post-FFN join.
+                    run("rmsnorm", norm, &g.attn_norm, m, 1);
+                }
                 let (e, p, x, y) = matmul(&lw.qkv, m);
                 run(e, p, &g.qkv, x, y);
                 let rope = k.rope.pipeline("qk_norm_rope");
                 run("qk_norm_rope", rope, &g.rope, heads + c.num_kv_heads, m);
-                let attention = k.attention.pipeline("attention");
-                run("attention", attention, &g.attention, heads, m);
+                let window = match lw.kind {
+                    LayerKind::Sliding => c.sliding_window,
+                    LayerKind::Global => 0,
+                };
+                let (_, chunks) = attention_split(m, pos0, window, self.attn_slots);
+                let partial = k.attention.pipeline("attention_partial");
+                run(
+                    "attention",
+                    partial,
+                    &g.attention,
+                    chunks,
+                    m * c.num_kv_heads,
+                );
+                let combine = k.attention.pipeline("attention_combine");
+                run("attention_combine", combine, &g.attention, heads, m);
                 let (e, p, x, y) = matmul(&lw.o, m);
                 run(e, p, &g.o, x, y);
-                run("rmsnorm", norm_add, &g.post_attn, m, 1);
-                run("rmsnorm", norm, &g.pre_ffn, m, 1);
+                run("add_norm", add_norm, &g.post_attn, m, 1);
                 let (e, p, x, y) = matmul(&lw.gate_up, m);
                 run(e, p, &g.gate_up, x, y);
                 let geglu_groups = c.intermediate_size.div_ceil(GEGLU_WG as usize);
@@ -562,7 +621,11 @@ impl GpuSession {
                 );
                 let (e, p, x, y) = matmul(&lw.down, m);
                 run(e, p, &g.down, x, y);
-                run("rmsnorm", norm_add, &g.post_ffn, m, 1);
+                if i + 1 < layers {
+                    run("add_norm", add_norm, &g.post_ffn, m, 1);
+                } else {
+                    run("rmsnorm", norm_add, &g.post_ffn, m, 1);
+                }
             }
             if lm_rows > 0 {
                 run("rmsnorm", norm, &self.final_norm_group, lm_rows, 1);
@@ -576,6 +639,14 @@ impl GpuSession {
                     run(label, p, g, x, y);
                 }
                 if readout == Readout::Argmax {
+                    let partial = k.argmax.pipeline("argmax_partial");
+                    run(
+                        "argmax_partial",
+                        partial,
+                        &self.argmax_group,
+                        ARGMAX_GROUPS as usize,
+                        1,
+                    );
                     let argmax = k.argmax.pipeline("argmax");
                     run("argmax", argmax, &self.argmax_group, 1, 1);
                 }

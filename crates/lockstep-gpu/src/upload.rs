@@ -13,7 +13,7 @@ use lockstep_model::weights::{ModelWeights, QuantMatrix};
 use wgpu::util::DeviceExt;
 
 use crate::context::GpuContext;
-use crate::kernels::{MATMUL_ROWS, MAX_HEAD_DIM};
+use crate::kernels::{MATMUL_ROWS, MAX_GROUP, MAX_HEAD_DIM};
 use crate::reference::rope_inv_freq;
 
 /// Static parameters of one matmul dispatch (matmul.wgsl `Params`).
@@ -291,6 +291,12 @@ fn check(w: &ModelWeights) -> Result<()> {
         return bad(format!(
             "{} query heads do not share {} KV heads evenly",
             c.num_heads, c.num_kv_heads
+        ));
+    }
+    if c.num_heads / c.num_kv_heads > MAX_GROUP {
+        return bad(format!(
+            "{} query heads per KV head (at most {MAX_GROUP})",
+            c.num_heads / c.num_kv_heads
         ));
     }
     if w.layers.len() != c.num_layers {

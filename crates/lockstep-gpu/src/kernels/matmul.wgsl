@@ -7,6 +7,7 @@
 // Layout for bandwidth: a workgroup owns ROWS rows; the LANES threads of a row take every
 // LANES-th block, so neighbouring threads read neighbouring 16-byte blocks; a tree over
 // workgroup memory sums the lanes. `matvec_*` does one token per workgroup (decode);
+// `matvec_*` uses fewer lanes per row (MV_LANES) and more rows per workgroup;
 // `matmul_*` decodes each block once for TM tokens (prefill), so weights are read
 // ceil(m / TM) times instead of m times.
 
@@ -17,6 +18,8 @@ const LANES: u32 = 32u;
 const ROWS: u32 = 8u;
 const WG: u32 = 256u;  // LANES * ROWS
 const TM: u32 = 8u;
+const MV_LANES: u32 = 8u;  // matvec: threads per row
+const MV_ROWS: u32 = 32u;  // matvec: rows per workgroup (WG / MV_LANES)
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> batch: Batch;
@@ -61,26 +64,26 @@ fn block_dot(v: array<vec4<f32>, 8>, xb: u32) -> f32 {
     return s;
 }
 
+// One token: MV_LANES threads per row, each over every MV_LANES-th block; one barrier,
+// then the row's first lane sums its lanes' partial sums.
 fn matvec_body(bits: u32, wg: vec3<u32>, lid: u32) {
-    let lane = lid % LANES;
-    let r = wg.x * ROWS + lid / LANES;
+    let lane = lid % MV_LANES;
+    let r = wg.x * MV_ROWS + lid / MV_LANES;
     let t = wg.y;
     let nb = p.k / 32u;
     var acc = 0.0;
     if (r < p.n) {
-        for (var b = lane; b < nb; b += LANES) {
+        for (var b = lane; b < nb; b += MV_LANES) {
             let blk = r * nb + b;
             acc += scales[blk] * block_dot(decode(bits, blk), t * (p.k / 4u) + b * 8u);
         }
     }
     red[lid] = acc;
     workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s /= 2u) {
-        if (lane < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
     if (lane == 0u && r < p.n) {
-        y[t * p.out_stride + p.out_offset + r] = red[lid];
+        var s = 0.0;
+        for (var l = 0u; l < MV_LANES; l++) { s += red[lid + l]; }
+        y[t * p.out_stride + p.out_offset + r] = s;
     }
 }
 
