@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use crate::{Error, Result};
+
 /// Architecture facts of a Gemma 3 text model: everything a backend needs to run it.
 ///
 /// Written into the converted model's manifest, so that every backend reads the same
@@ -79,6 +81,41 @@ impl ModelConfig {
         }
     }
 
+    /// Checks the sizes every reader multiplies: each at least 1, and the attention
+    /// widths (`num_heads * head_dim`, `num_kv_heads * head_dim`) representable. A config
+    /// read from a file (GGUF metadata, a manifest) must pass before anything is sized by
+    /// it; `what` names the source in the message.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        for (name, v) in [
+            ("num_layers", self.num_layers),
+            ("hidden_size", self.hidden_size),
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 {
+                return Err(Error::Model(format!(
+                    "{what}: {name} is 0; every size of the model must be at least 1"
+                )));
+            }
+        }
+        for (name, heads) in [
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+        ] {
+            if heads.checked_mul(self.head_dim).is_none() {
+                return Err(Error::Model(format!(
+                    "{what}: {name} {heads} x head_dim {} overflows; the sizes are not a real model's",
+                    self.head_dim
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `num_heads * head_dim`; [`validate`](Self::validate) rules out an overflow.
     pub fn q_size(&self) -> usize {
         self.num_heads * self.head_dim
     }

@@ -11,7 +11,7 @@ mod logits;
 
 pub use config::{LayerKind, ModelConfig};
 pub use error::{Error, Result};
-pub use logits::{argmax, Logits};
+pub use logits::{argmax, check_finite, Logits};
 
 use async_trait::async_trait;
 
@@ -71,9 +71,16 @@ pub trait Session: Send {
     /// Runs `tokens` and returns only the id of the most likely next token.
     /// Backends that can take the argmax on the device override this to avoid reading
     /// back the whole vocabulary; ties go to the lowest id, as in [`Logits::argmax`].
+    /// Non-finite logits (NaN, an infinity) are an [`Error::Runtime`], never a token: an
+    /// override must refuse them too.
     async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
         let logits = self.forward(tokens, Want::Last).await?;
-        Ok(logits.argmax(logits.rows() - 1))
+        if logits.rows() == 0 {
+            return Err(Error::Runtime("the backend returned no logits".into()));
+        }
+        let row = logits.last();
+        check_finite(row)?;
+        Ok(argmax(row))
     }
 
     /// Tokens in the KV cache.

@@ -1,3 +1,5 @@
+use crate::{Error, Result};
+
 /// Row-major logits: one row of `vocab` scores per returned position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logits {
@@ -47,7 +49,31 @@ impl Logits {
     }
 }
 
-/// Index of the largest value; the lowest index wins a tie. NaN never wins.
+/// Fails unless every value of `row` is finite (and the row is not empty): NaN or an
+/// infinity in a backend's logits means its output cannot be trusted, and neither an
+/// argmax (which skips NaN and lets +inf win) nor a sampler may turn it into a token.
+pub fn check_finite(row: &[f32]) -> Result<()> {
+    if row.is_empty() {
+        return Err(Error::Runtime("the backend returned empty logits".into()));
+    }
+    // A branch-free pass per chunk vectorizes; the position is looked up only on failure.
+    if row
+        .chunks(1024)
+        .all(|c| c.iter().fold(true, |ok, l| ok & l.is_finite()))
+    {
+        return Ok(());
+    }
+    match row.iter().position(|l| !l.is_finite()) {
+        Some(i) => Err(Error::Runtime(format!(
+            "the backend returned a non-finite logit ({}) for token {i}; its output cannot be trusted",
+            row[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Index of the largest value; the lowest index wins a tie. NaN never wins: callers that
+/// cannot rule out non-finite values check the row with [`check_finite`] first.
 pub fn argmax(row: &[f32]) -> u32 {
     let mut best = 0usize;
     let mut best_val = f32::NEG_INFINITY;
@@ -63,6 +89,18 @@ pub fn argmax(row: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_rows_are_errors() {
+        assert!(check_finite(&[0.0, 1.0, -3.0]).is_ok());
+        assert!(check_finite(&[]).is_err());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut row = vec![0.5f32; 3000];
+            row[2500] = bad;
+            let e = check_finite(&row).unwrap_err().to_string();
+            assert!(e.contains("token 2500"), "{e}");
+        }
+    }
 
     #[test]
     fn argmax_takes_lowest_index_on_ties() {

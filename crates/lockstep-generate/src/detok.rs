@@ -36,14 +36,20 @@ impl Detokenizer {
         self.ids.push(id);
         let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = tok.decode(&self.ids[self.prefix_offset..])?;
-        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') {
-            if let Some(delta) = text.get(prefix.len()..) {
-                self.prefix_offset = self.read_offset;
-                self.read_offset = self.ids.len();
-                return Ok(delta.to_string());
-            }
+        if text.ends_with('\u{FFFD}') {
+            // A character still missing bytes: wait for them (finish() shows what never
+            // completed).
+            return Ok(String::new());
         }
-        Ok(String::new())
+        match text.strip_prefix(prefix.as_str()) {
+            Some("") => Ok(String::new()),
+            Some(delta) => {
+                let delta = delta.to_string();
+                self.advance();
+                Ok(delta)
+            }
+            None => Ok(self.reinterpreted(&prefix, &text)),
+        }
     }
 
     /// Text still held back at the end of generation: bytes that never formed a
@@ -51,8 +57,33 @@ impl Detokenizer {
     pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
         let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = tok.decode(&self.ids[self.prefix_offset..])?;
+        Ok(match text.strip_prefix(prefix.as_str()) {
+            Some(delta) => {
+                let delta = delta.to_string();
+                self.advance();
+                delta
+            }
+            None => self.reinterpreted(&prefix, &text),
+        })
+    }
+
+    /// The window's text no longer starts with what was already emitted: a later byte
+    /// token fused with emitted ones into invalid UTF-8 (`<0x12>` then `<0xAC>` decode
+    /// together as "\u{FFFD}\u{FFFD}", not "\u{12}" and more). What was emitted cannot be
+    /// taken back; emit the new text from the end of the longest common prefix (a
+    /// character boundary of both) and move on, so that later tokens are never lost.
+    fn reinterpreted(&mut self, prefix: &str, text: &str) -> String {
+        let common = prefix
+            .char_indices()
+            .zip(text.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(prefix.len().min(text.len()), |((i, _), _)| i);
+        self.advance();
+        text[common..].to_string()
+    }
+
+    fn advance(&mut self) {
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
-        Ok(text.get(prefix.len()..).unwrap_or_default().to_string())
     }
 }

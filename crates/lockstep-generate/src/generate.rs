@@ -279,6 +279,13 @@ impl Generator {
         opts: GenerateOptions,
     ) -> Result<EventStream<'s>> {
         let tokens = match prompt.into() {
+            // A blank text would become `[<bos>]` alone and generate text nobody asked
+            // for (an empty input box); `Prompt::Tokens(vec![bos])` still does it on purpose.
+            Prompt::Text(t) if session.is_empty() && t.trim().is_empty() => {
+                return Err(Error::InvalidInput(
+                    "the prompt text is empty or only whitespace: give some text (or the BOS token as a token prompt to generate from nothing)".into(),
+                ))
+            }
             Prompt::Text(t) if session.is_empty() => self.tokenizer.encode(&t)?,
             Prompt::Text(t) => self.tokenizer.encode_raw(&t)?,
             Prompt::Tokens(t) => t,

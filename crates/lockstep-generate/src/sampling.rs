@@ -487,24 +487,9 @@ fn nucleus_len(c: &[Cand], mass: f64, t: f32, s_max: f64) -> Option<usize> {
     None
 }
 
+/// NaN or an infinity in the logits is an error, never a token.
 fn check_finite(row: &[f32]) -> Result<()> {
-    if row.is_empty() {
-        return Err(Error::Runtime("the backend returned empty logits".into()));
-    }
-    // A branch-free pass per chunk vectorizes; the position is looked up only on failure.
-    if row
-        .chunks(1024)
-        .all(|c| c.iter().fold(true, |ok, l| ok & l.is_finite()))
-    {
-        return Ok(());
-    }
-    if let Some(i) = row.iter().position(|l| !l.is_finite()) {
-        return Err(Error::Runtime(format!(
-            "the backend returned a non-finite logit ({}) for token {i}; its output cannot be trusted",
-            row[i]
-        )));
-    }
-    Ok(())
+    lockstep_core::check_finite(row)
 }
 
 /// The largest value of a NaN-free row, over eight lanes so that it vectorizes.

@@ -167,7 +167,9 @@ impl Session for ScriptedSession {
             tokens: tokens.to_vec(),
         });
         self.append(tokens)?;
-        Ok(lockstep_core::argmax(&self.next_row(self.tokens.len())?))
+        let row = self.next_row(self.tokens.len())?;
+        lockstep_core::check_finite(&row)?;
+        Ok(lockstep_core::argmax(&row))
     }
 
     fn len(&self) -> usize {

@@ -49,6 +49,8 @@ pub struct Tokenizer {
     bos_id: u32,
     bos_text: String,
     chat_template: Option<String>,
+    /// `inner.get_vocab_size(true)`, which rebuilds the whole vocabulary map per call.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -107,11 +109,13 @@ impl Tokenizer {
                 ));
             }
         }
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Self {
             inner,
             bos_id,
             bos_text,
             chat_template,
+            vocab_size,
         })
     }
 
@@ -140,7 +144,18 @@ impl Tokenizer {
 
     /// Ids to text. Special tokens are kept (`<start_of_turn>` shows as itself): the
     /// loop never decodes EOS, and nothing else is hidden.
+    /// An id outside the vocabulary is an error (`tokenizers` would drop it silently).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.vocab_size)
+        {
+            return Err(Error::InvalidInput(format!(
+                "cannot decode id {id} (position {i}): outside the tokenizer's vocabulary of {} ids",
+                self.vocab_size
+            )));
+        }
         self.inner
             .decode(ids, false)
             .map_err(|e| Error::InvalidInput(format!("cannot decode ids: {e}")))
@@ -156,7 +171,7 @@ impl Tokenizer {
 
     /// Ids the tokenizer knows, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn bos_id(&self) -> u32 {

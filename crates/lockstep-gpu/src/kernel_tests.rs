@@ -604,17 +604,7 @@ fn geglu_matches_cpu() {
     check("geglu", &f32s(&out[3]), &want, NMSE_DEFAULT);
 }
 
-#[test]
-fn argmax_takes_lowest_index_of_last_row() {
-    let n = 1000;
-    let mut rng = Rng::new(15);
-    let mut logits = rng.vec(2 * n, 1.0);
-    logits[5] = 10.0; // row 0: must be ignored
-    let row1 = &mut logits[n..];
-    row1[3] = f32::NAN;
-    row1[700] = 5.0;
-    row1[300] = 5.0; // tie: the lower id wins
-    row1[999] = 4.0;
+fn gpu_argmax(logits: &[f32], n: usize) -> u32 {
     let out = run_passes(
         &gpu().kernels.argmax,
         &[("argmax_partial", (256, 1)), ("argmax", (1, 1))],
@@ -622,14 +612,38 @@ fn argmax_takes_lowest_index_of_last_row() {
             uniforms: 2,
             data: vec![
                 words(&[n as u32, 0, 0, 0]),
-                batch(2, 0, 0),
-                words(&logits),
+                batch(logits.len() / n, 0, 0),
+                words(logits),
                 words(&[0u32]),
                 words(&[0u32; 512]),
             ],
         },
     );
-    let got = u32::from_le_bytes(out[3][..4].try_into().unwrap());
+    u32::from_le_bytes(out[3][..4].try_into().unwrap())
+}
+
+#[test]
+fn argmax_takes_lowest_index_of_last_row() {
+    let n = 1000;
+    let mut rng = Rng::new(15);
+    let mut logits = rng.vec(2 * n, 1.0);
+    logits[5] = 10.0; // row 0: must be ignored
+    logits[7] = f32::NAN; // also row 0: only the last row is checked
+    let row1 = &mut logits[n..];
+    row1[700] = 5.0;
+    row1[300] = 5.0; // tie: the lower id wins
+    row1[999] = 4.0;
+    let got = gpu_argmax(&logits, n);
     assert_eq!(got, lockstep_core::argmax(&logits[n..]));
     assert_eq!(got, 300);
+}
+
+#[test]
+fn argmax_reports_non_finite_rows() {
+    let n = 1000;
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut logits = Rng::new(16).vec(n, 1.0);
+        logits[611] = bad;
+        assert_eq!(gpu_argmax(&logits, n), 0xffff_fffe, "{bad}");
+    }
 }

@@ -729,7 +729,14 @@ impl Session for GpuSession {
     /// The argmax is taken on the GPU: the step reads back one u32.
     async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
         let data = self.run(tokens, Want::Last, true)?;
-        Ok(data[0].to_bits())
+        match data[0].to_bits() {
+            // argmax.wgsl's NON_FINITE: the row held a NaN or an infinity.
+            0xffff_fffe => Err(Error::Runtime(
+                "the GPU backend computed a non-finite logit (NaN or infinity); its output cannot be trusted"
+                    .into(),
+            )),
+            id => Ok(id),
+        }
     }
 
     fn len(&self) -> usize {

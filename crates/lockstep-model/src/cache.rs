@@ -164,6 +164,65 @@ fn may_be_live(pid: u32, path: &Path) -> bool {
     age.is_none_or(|age| age < STALE_AGE)
 }
 
+/// Removes what writers of `dest` that no longer run left beside it: partial entries
+/// (`<leaf>.partial-<pid>-<n>`, `.<leaf>.partial-<pid>`) and directories moved aside
+/// while being replaced (`.<leaf>.old-<pid>`). Only `dest`'s own siblings are looked at,
+/// not the rest of its directory. Returns how many entries were removed.
+pub fn remove_stale_partials_of(dest: &Path) -> Result<usize> {
+    let Some(leaf) = dest.file_name().map(|f| f.to_string_lossy().into_owned()) else {
+        return Ok(0);
+    };
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("cannot list directory", dir, e)),
+    };
+    let hidden = format!(".{leaf}");
+    let old_prefix = format!(".{leaf}.old-");
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("cannot list directory", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = if let Some(pid) = name.strip_prefix(&old_prefix) {
+            pid.parse().ok()
+        } else {
+            // `<leaf>.partial-...` or `.<leaf>.partial-...`, and not another leaf's.
+            let base = &name[..name.rfind(PARTIAL_TAG).unwrap_or(0)];
+            if base == leaf || base == hidden {
+                partial_owner(&name)
+            } else {
+                None
+            }
+        };
+        let path = entry.path();
+        let Some(pid) = owner.filter(|&pid| !may_be_live(pid, &path)) else {
+            continue;
+        };
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let result = if is_dir {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("cannot remove what process {pid} left unfinished"),
+                    &path,
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(removed)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PartialFilter {
     /// Only entries whose writer is gone.
@@ -518,6 +577,39 @@ mod tests {
         assert_eq!(partial_owner("onnxruntime-1.31.1.partial-9-0"), Some(9));
         assert_eq!(partial_owner("a.gguf"), None);
         assert_eq!(partial_owner("a.partial-x-1"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stale_partials_of_one_destination_are_removed() {
+        let dir = std::env::temp_dir().join(format!("lockstep-stale-of-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // No process has this pid (above Linux's pid_max).
+        let dead = 4_194_305 + 1000;
+        let me = std::process::id();
+        let gone = [
+            format!(".model.partial-{dead}"),
+            format!("model.partial-{dead}-3"),
+            format!(".model.old-{dead}"),
+        ];
+        let kept = [
+            format!(".model.partial-{me}"),
+            format!(".other.partial-{dead}"),
+            "model".to_string(),
+            format!(".model2.partial-{dead}"),
+        ];
+        for n in gone.iter().chain(&kept) {
+            fs::create_dir_all(dir.join(n).join("sub")).unwrap();
+        }
+        assert_eq!(remove_stale_partials_of(&dir.join("model")).unwrap(), 3);
+        for n in &gone {
+            assert!(!dir.join(n).exists(), "{n} was left");
+        }
+        for n in &kept {
+            assert!(dir.join(n).exists(), "{n} was removed");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -204,8 +204,18 @@ pub struct OnnxFile {
     by_name: HashMap<String, usize>,
 }
 
-/// Graph files (weights excluded) are small; anything larger is not one of ours.
-const MAX_GRAPH_BYTES: u64 = 256 << 20;
+/// Graph files (weights excluded) are small: the converted 270M, 1B and 4B graphs and the
+/// coreml variant's two graphs are all under 256 KB. Anything larger is not one of ours.
+const MAX_GRAPH_BYTES: u64 = 16 << 20;
+
+/// The most memory decoding may take, per byte of the graph file, and in all on top.
+/// prost materializes every repeated message as a whole struct before any check, so a
+/// 2-byte empty `TensorProto` costs ~200 bytes: the wire format is scanned first and a
+/// graph whose estimated decoded size exceeds this is refused. The estimate is an upper
+/// bound: for the converted graphs (every model and variant) it is 13-15x the file, and
+/// decoding them actually takes 7-9x.
+const MAX_DECODE_FACTOR: u64 = 32;
+const MAX_DECODE_SLACK: u64 = 64 << 10;
 
 impl OnnxFile {
     pub fn open(path: &Path) -> Result<Self> {
@@ -224,6 +234,17 @@ impl OnnxFile {
     }
 
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let len = bytes.len() as u64;
+        let estimate = wire::decoded_size(bytes);
+        let limit = len
+            .saturating_mul(MAX_DECODE_FACTOR)
+            .saturating_add(MAX_DECODE_SLACK);
+        if estimate > limit {
+            return Err(Error::Model(format!(
+                "{}: not a lockstep graph: its {len} bytes would decode into about {estimate} bytes of messages (more than {MAX_DECODE_FACTOR}x the file); re-run `lockstep convert`",
+                path.display()
+            )));
+        }
         let model = ModelProto::decode(bytes).map_err(|e| {
             Error::Model(format!(
                 "{}: not a valid ONNX model ({e}); re-run `lockstep convert`",
@@ -367,5 +388,216 @@ impl OnnxFile {
             )));
         }
         Ok((t.dims.clone(), self.tensor_bytes(t)?))
+    }
+}
+
+/// A scan of the protobuf wire format that bounds what decoding it would allocate, before
+/// prost allocates anything. It follows the schema above: every element of a repeated
+/// message field costs its struct, every string and byte field its length, every packed
+/// scalar its decoded size; unknown fields cost nothing (prost skips them). Where the
+/// bytes are malformed the scan stops with what it counted so far: prost decodes in the
+/// same order and fails at the same place, so the count still bounds its work.
+mod wire {
+    use std::mem::size_of;
+
+    use super::*;
+
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Model,
+        OpSet,
+        Entry,
+        Graph,
+        Node,
+        Attribute,
+        ValueInfo,
+        Type,
+        TypeTensor,
+        Shape,
+        Dim,
+        Tensor,
+    }
+
+    /// What a field decodes into.
+    enum Field {
+        /// A message; repeated ones add one struct per element.
+        Message(Kind, bool),
+        /// A `Vec<String>` element.
+        RepeatedString,
+        /// A `String` or `Vec<u8>`.
+        Bytes,
+        /// A repeated varint scalar of this many bytes per element in memory.
+        Scalar(u64),
+        /// A repeated `f32` (fixed 4 bytes on the wire).
+        Float,
+        /// Anything else: skipped or a fixed-size value inside its struct.
+        Other,
+    }
+
+    /// One entry of `OnnxFile::by_name` (its table keeps a control byte per slot too).
+    const INDEX_SLOT: u64 = size_of::<(String, usize)>() as u64 + 1;
+
+    fn struct_size(k: Kind) -> u64 {
+        (match k {
+            Kind::Model => size_of::<ModelProto>(),
+            Kind::OpSet => size_of::<OperatorSetIdProto>(),
+            Kind::Entry => size_of::<StringStringEntryProto>(),
+            Kind::Graph => size_of::<GraphProto>(),
+            Kind::Node => size_of::<NodeProto>(),
+            Kind::Attribute => size_of::<AttributeProto>(),
+            Kind::ValueInfo => size_of::<ValueInfoProto>(),
+            Kind::Type => size_of::<TypeProto>(),
+            Kind::TypeTensor => size_of::<TypeProtoTensor>(),
+            Kind::Shape => size_of::<TensorShapeProto>(),
+            Kind::Dim => size_of::<Dimension>(),
+            Kind::Tensor => size_of::<TensorProto>(),
+        }) as u64
+    }
+
+    fn field(k: Kind, tag: u64) -> Field {
+        use Field::*;
+        match (k, tag) {
+            (Kind::Model, 7) => Message(Kind::Graph, false),
+            (Kind::Model, 8) => Message(Kind::OpSet, true),
+            (Kind::Model, 14) => Message(Kind::Entry, true),
+            (Kind::Model, 2 | 3 | 4 | 6) => Bytes,
+            (Kind::OpSet, 1) => Bytes,
+            (Kind::Entry, 1 | 2) => Bytes,
+            (Kind::Graph, 1) => Message(Kind::Node, true),
+            (Kind::Graph, 5) => Message(Kind::Tensor, true),
+            (Kind::Graph, 11..=13) => Message(Kind::ValueInfo, true),
+            (Kind::Graph, 2 | 10) => Bytes,
+            (Kind::Node, 1 | 2) => RepeatedString,
+            (Kind::Node, 3 | 4 | 7) => Bytes,
+            (Kind::Node, 5) => Message(Kind::Attribute, true),
+            (Kind::Attribute, 1 | 4) => Bytes,
+            (Kind::Attribute, 5) => Message(Kind::Tensor, false),
+            (Kind::Attribute, 7) => Float,
+            (Kind::Attribute, 8) => Scalar(8),
+            (Kind::ValueInfo, 1) => Bytes,
+            (Kind::ValueInfo, 2) => Message(Kind::Type, false),
+            (Kind::Type, 1) => Message(Kind::TypeTensor, false),
+            (Kind::TypeTensor, 2) => Message(Kind::Shape, false),
+            (Kind::Shape, 1) => Message(Kind::Dim, true),
+            (Kind::Dim, 2) => Bytes,
+            (Kind::Tensor, 1 | 7) => Scalar(8),
+            (Kind::Tensor, 4) => Float,
+            (Kind::Tensor, 5) => Scalar(4),
+            (Kind::Tensor, 8 | 9) => Bytes,
+            (Kind::Tensor, 13) => Message(Kind::Entry, true),
+            _ => Other,
+        }
+    }
+
+    /// The bytes decoding a `ModelProto` from `buf` would allocate, at most (saturating).
+    pub(super) fn decoded_size(buf: &[u8]) -> u64 {
+        let mut total = 0u64;
+        scan(Kind::Model, buf, &mut total);
+        total
+    }
+
+    fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *buf.get(*pos)?;
+            *pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Moves `pos` past `n` bytes, if there are that many.
+    fn skip(buf: &[u8], pos: &mut usize, n: u64) -> Option<()> {
+        let end = pos.checked_add(usize::try_from(n).ok()?)?;
+        (end <= buf.len()).then(|| *pos = end)
+    }
+
+    /// Vec growth: a vector's capacity is at most twice its length, and growing it holds
+    /// the old and the new buffer at once.
+    const GROWTH: u64 = 3;
+
+    fn add(total: &mut u64, n: u64) {
+        *total = total.saturating_add(n);
+    }
+
+    /// Counts the fields of one message of kind `k` held in `buf`; `None` where the
+    /// bytes are malformed (the count so far stands).
+    fn scan(k: Kind, buf: &[u8], total: &mut u64) -> Option<()> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let key = varint(buf, &mut pos)?;
+            let (tag, wire_type) = (key >> 3, key & 7);
+            match wire_type {
+                0 => {
+                    varint(buf, &mut pos)?;
+                    if let Field::Scalar(size) = field(k, tag) {
+                        add(total, GROWTH * size);
+                    }
+                }
+                1 => skip(buf, &mut pos, 8)?,
+                5 => {
+                    skip(buf, &mut pos, 4)?;
+                    if let Field::Float = field(k, tag) {
+                        add(total, GROWTH * 4);
+                    }
+                }
+                2 => {
+                    let n = varint(buf, &mut pos)?;
+                    let start = pos;
+                    skip(buf, &mut pos, n)?;
+                    match field(k, tag) {
+                        Field::Message(sub, repeated) => {
+                            if repeated {
+                                add(total, GROWTH * struct_size(sub));
+                            }
+                            if let (Kind::Graph, Kind::Tensor) = (k, sub) {
+                                // OnnxFile's index: a copy of the name and a map slot.
+                                add(total, n.saturating_add(GROWTH * INDEX_SLOT));
+                            }
+                            scan(sub, &buf[start..pos], total)?;
+                        }
+                        Field::RepeatedString => add(
+                            total,
+                            (GROWTH * size_of::<String>() as u64).saturating_add(n),
+                        ),
+                        Field::Bytes => add(total, n),
+                        // Packed varints: at most one element per byte.
+                        Field::Scalar(size) => add(total, n.saturating_mul(GROWTH * size)),
+                        // Packed floats: n / 4 elements of 4 bytes.
+                        Field::Float => add(total, n.saturating_mul(GROWTH)),
+                        Field::Other => {}
+                    }
+                }
+                3 => skip_group(buf, &mut pos)?,
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+
+    /// Moves past a (deprecated) group that has just started; prost skips its contents.
+    fn skip_group(buf: &[u8], pos: &mut usize) -> Option<()> {
+        let mut depth = 1u32;
+        while depth > 0 {
+            let key = varint(buf, pos)?;
+            match key & 7 {
+                0 => {
+                    varint(buf, pos)?;
+                }
+                1 => skip(buf, pos, 8)?,
+                2 => {
+                    let n = varint(buf, pos)?;
+                    skip(buf, pos, n)?;
+                }
+                3 => depth += 1,
+                4 => depth -= 1,
+                5 => skip(buf, pos, 4)?,
+                _ => return None,
+            }
+        }
+        Some(())
     }
 }

@@ -110,6 +110,31 @@ impl ModelWeights {
         let onnx = crate::onnx::OnnxFile::open(&package.model_path())?;
         let config = package.manifest.config.clone();
         let c = &config;
+        let block = crate::convert::BLOCK;
+        let bad_config = |what: String| {
+            lockstep_core::Error::Model(format!(
+                "{}: the manifest's config {what}; re-run `lockstep convert`",
+                model_dir.display()
+            ))
+        };
+        // The manifest's sizes are checked before anything is sized by them: each at
+        // least 1, the products representable, every matrix width a whole number of
+        // blocks, and every layer present in the graph.
+        c.validate(&format!("{}: manifest.json", model_dir.display()))?;
+        for (name, k) in [
+            ("hidden_size", c.hidden_size),
+            ("intermediate_size", c.intermediate_size),
+            ("num_heads x head_dim", c.q_size()),
+        ] {
+            if !k.is_multiple_of(block) {
+                return Err(bad_config(format!(
+                    "has {name} {k}, which is not a multiple of the quantization block size {block}"
+                )));
+            }
+        }
+        // The last layer must be in the graph: a num_layers larger than the graph's fails
+        // here, before the layers are read.
+        onnx.initializer(&names::norm(c.num_layers - 1, "input_layernorm"))?;
         let vector = |name: &str, len: usize| -> lockstep_core::Result<Vec<f32>> {
             let (_, v) = onnx.tensor_f32(name)?;
             if v.len() != len {
@@ -124,24 +149,32 @@ impl ModelWeights {
         let matrix = |name: &str, n: usize, k: usize| -> lockstep_core::Result<QuantMatrix> {
             let (dims, data) = onnx.tensor_u8(&names::qweight(name))?;
             let (_, scales) = onnx.tensor_f32(&names::scales(name))?;
-            let block = crate::convert::BLOCK;
             let bad = |what: &str| {
                 lockstep_core::Error::Model(format!(
                     "{}: '{name}' {what}; re-run `lockstep convert`",
                     model_dir.display()
                 ))
             };
-            if dims.len() != 3 || dims[0] as usize != n || dims[1] as usize * block != k {
+            if !k.is_multiple_of(block) {
                 return Err(bad(&format!(
-                    "has dims {dims:?}, expected [{n}, {}, _]",
-                    k / block
+                    "needs {k} inputs, which is not a multiple of the quantization block size {block}"
                 )));
             }
-            let bits = match dims[2] as usize * 8 / block {
-                b @ (4 | 8) => b as u8,
+            let blocks = k / block;
+            let as_size = |d: i64| usize::try_from(d).ok();
+            if dims.len() != 3 || as_size(dims[0]) != Some(n) || as_size(dims[1]) != Some(blocks) {
+                return Err(bad(&format!(
+                    "has dims {dims:?}, expected [{n}, {blocks}, _]"
+                )));
+            }
+            let bits = match as_size(dims[2])
+                .and_then(|b| b.checked_mul(8))
+                .map(|b| b / block)
+            {
+                Some(b @ (4 | 8)) => b as u8,
                 _ => return Err(bad(&format!("has {} bytes per block", dims[2]))),
             };
-            if scales.len() != n * k / block {
+            if n.checked_mul(blocks) != Some(scales.len()) {
                 return Err(bad("has the wrong number of scales"));
             }
             Ok(QuantMatrix {
@@ -161,7 +194,8 @@ impl ModelWeights {
                 &matrix(names::EMBED_LO, c.vocab_size, c.hidden_size)?,
             )
         };
-        let mut layers = Vec::with_capacity(c.num_layers);
+        // Not preallocated from the manifest's count: the layers' initializers bound it.
+        let mut layers = Vec::new();
         for l in 0..c.num_layers {
             let norm = |s: &str, len: usize| vector(&names::norm(l, s), len);
             let proj = |s: &str, n: usize, k: usize| matrix(&names::proj(l, s), n, k);

@@ -10,6 +10,9 @@ struct Params { n: u32, pad0: u32, pad1: u32, pad2: u32 }
 const WG: u32 = 256u;
 const NG: u32 = 256u;  // stage-1 workgroups (session::ARGMAX_GROUPS)
 const NONE: u32 = 0xffffffffu;
+// Written instead of an index when the row holds a NaN or an infinity: a greedy step must
+// fail loudly rather than return whichever id survived (session.rs maps it to an error).
+const NON_FINITE: u32 = 0xfffffffeu;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> batch: Batch;
@@ -19,6 +22,12 @@ const NONE: u32 = 0xffffffffu;
 
 var<workgroup> vals: array<f32, WG>;
 var<workgroup> idxs: array<u32, WG>;
+var<workgroup> bad: atomic<u32>;
+
+// NaN or +-inf, by the exponent bits: `v != v` may be folded away by shader compilers.
+fn non_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u;
+}
 
 // Whether (v, i) beats (bv, bi): larger value, or equal value and lower index.
 fn beats(v: f32, i: u32, bv: f32, bi: u32) -> bool {
@@ -45,10 +54,13 @@ fn argmax_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let per = (p.n + NG - 1u) / NG;
     let start = wg.x * per;
     let end = min(start + per, p.n);
+    if (lid == 0u) { atomicStore(&bad, 0u); }
+    workgroupBarrier();
     var bv = 0.0;
     var bi = NONE;
     for (var i = start + lid; i < end; i += WG) {
         let v = logits[base + i];
+        if (non_finite(v)) { atomicOr(&bad, 1u); }
         if (beats(v, i, bv, bi)) { bv = v; bi = i; }
     }
     vals[lid] = bv;
@@ -56,21 +68,31 @@ fn argmax_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     reduce(lid);
     if (lid == 0u) {
         part[2u * wg.x] = bitcast<u32>(vals[0]);
-        part[2u * wg.x + 1u] = idxs[0];
+        part[2u * wg.x + 1u] = select(idxs[0], NON_FINITE, atomicLoad(&bad) != 0u);
     }
 }
 
 @compute @workgroup_size(WG)
 fn argmax(@builtin(local_invocation_index) lid: u32) {
+    if (lid == 0u) { atomicStore(&bad, 0u); }
+    workgroupBarrier();
     var bv = 0.0;
     var bi = NONE;
     for (var g = lid; g < NG; g += WG) {
         let v = bitcast<f32>(part[2u * g]);
         let i = part[2u * g + 1u];
-        if (beats(v, i, bv, bi)) { bv = v; bi = i; }
+        if (i == NON_FINITE) {
+            atomicOr(&bad, 1u);
+        } else if (beats(v, i, bv, bi)) {
+            bv = v;
+            bi = i;
+        }
     }
     vals[lid] = bv;
     idxs[lid] = bi;
     reduce(lid);
-    if (lid == 0u) { result[0] = select(idxs[0], 0u, idxs[0] == NONE); }
+    if (lid == 0u) {
+        let best = select(idxs[0], 0u, idxs[0] == NONE);
+        result[0] = select(best, NON_FINITE, atomicLoad(&bad) != 0u);
+    }
 }

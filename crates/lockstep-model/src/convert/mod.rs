@@ -122,15 +122,79 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
                 ))
             })
     };
-    let hidden = num("embedding_length")? as usize;
-    let heads = num("attention.head_count")? as usize;
-    let head_dim = num("attention.key_length")
-        .map(|v| v as usize)
-        .unwrap_or(hidden / heads);
-    let embd = gguf
-        .tensor("token_embd.weight")
-        .ok_or_else(|| Error::Model("the GGUF has no token_embd.weight".into()))?;
-    let vocab = *embd.dims.get(1).unwrap_or(&0) as usize;
+    // Every size must be at least 1 (a zero head count would divide by zero below) and is
+    // checked against the tensors before anything is sized by it.
+    let size = |key: &str| -> Result<usize> {
+        let v = num(key)?;
+        usize::try_from(v).ok().filter(|&v| v >= 1).ok_or_else(|| {
+            Error::Model(format!(
+                "the GGUF's 'gemma3.{key}' is {v}; it must be at least 1 (is the file damaged?)"
+            ))
+        })
+    };
+    let hidden = size("embedding_length")?;
+    let heads = size("attention.head_count")?;
+    let kv_heads = size("attention.head_count_kv")?;
+    let head_dim = match gguf.get("gemma3.attention.key_length") {
+        Some(_) => size("attention.key_length")?,
+        None => match hidden / heads {
+            0 => {
+                return Err(Error::Model(format!(
+                    "the GGUF has no 'gemma3.attention.key_length' and its embedding_length {hidden} is smaller than its head_count {heads}; is it a complete Gemma 3 file?"
+                )))
+            }
+            d => d,
+        },
+    };
+    let intermediate = size("feed_forward_length")?;
+    let num_layers = size("block_count")?;
+    let width = |what: &str, n: usize| -> Result<usize> {
+        n.checked_mul(head_dim).ok_or_else(|| {
+            Error::Model(format!(
+                "the GGUF's {what} {n} x key_length {head_dim} overflows; is the file damaged?"
+            ))
+        })
+    };
+    let q_size = width("head_count", heads)?;
+    let kv_size = width("head_count_kv", kv_heads)?;
+    let tensor = |name: &str| {
+        gguf.tensor(name).ok_or_else(|| {
+            Error::Model(format!(
+                "the GGUF has no tensor '{name}'; is it a complete Gemma 3 file?"
+            ))
+        })
+    };
+    let embd = tensor("token_embd.weight")?;
+    let vocab = match embd.dims[..] {
+        [h, v] if h == hidden as u64 && v >= 1 => usize::try_from(v).map_err(|_| {
+            Error::Model(format!("the GGUF's vocabulary of {v} ids is too large"))
+        })?,
+        _ => {
+            return Err(Error::Model(format!(
+                "tensor 'token_embd.weight' has dims {:?}, expected [{hidden}, {}] for this architecture",
+                embd.dims,
+                match embd.dims.get(1) {
+                    Some(v) if embd.dims.len() == 2 => v.to_string(),
+                    _ => "vocabulary size".into(),
+                }
+            )))
+        }
+    };
+    // The sizes the metadata multiplies must be what the first layer's tensors hold.
+    for (name, n) in [
+        ("blk.0.attn_q.weight", q_size),
+        ("blk.0.attn_k.weight", kv_size),
+        ("blk.0.ffn_gate.weight", intermediate),
+    ] {
+        let t = tensor(name)?;
+        if t.dims[..] != [hidden as u64, n as u64] {
+            return Err(Error::Model(format!(
+                "tensor '{name}' has dims {:?}, expected [{hidden}, {n}] for this architecture",
+                t.dims
+            )));
+        }
+    }
+    check_layer_count(gguf, num_layers)?;
     let mut eos = vec![gguf
         .get("tokenizer.ggml.eos_token_id")
         .and_then(|v| v.as_u64())
@@ -148,15 +212,15 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
         .get("gemma3.attention.layer_norm_rms_epsilon")
         .and_then(|v| v.as_f32())
         .unwrap_or(1e-6);
-    Ok(ModelConfig {
-        num_layers: num("block_count")? as usize,
+    let config = ModelConfig {
+        num_layers,
         hidden_size: hidden,
         num_heads: heads,
-        num_kv_heads: num("attention.head_count_kv")? as usize,
+        num_kv_heads: kv_heads,
         head_dim,
-        intermediate_size: num("feed_forward_length")? as usize,
+        intermediate_size: intermediate,
         vocab_size: vocab,
-        context_length: num("context_length")? as usize,
+        context_length: usize::try_from(num("context_length")?).unwrap_or(usize::MAX),
         rms_norm_eps: eps,
         sliding_window: num("attention.sliding_window").unwrap_or(512) as usize,
         global_every: 6,
@@ -176,7 +240,33 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
             .get("tokenizer.ggml.padding_token_id")
             .and_then(|v| v.as_u64())
             .unwrap_or(0) as u32,
-    })
+    };
+    config.validate("the GGUF's metadata")?;
+    Ok(config)
+}
+
+/// Fails unless the file has tensors for every one of `num_layers` layers (`blk.N.*`), so
+/// that a huge `block_count` is an error before anything is sized by it.
+fn check_layer_count(gguf: &GgufFile, num_layers: usize) -> Result<()> {
+    let present: std::collections::HashSet<usize> = gguf
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            let rest = t.name.strip_prefix("blk.")?;
+            rest.split('.').next()?.parse().ok()
+        })
+        .filter(|&l| l < num_layers)
+        .collect();
+    if present.len() == num_layers {
+        return Ok(());
+    }
+    // At most present.len() + 1 candidates: one of them is missing.
+    let missing = (0..=present.len())
+        .find(|l| !present.contains(l))
+        .unwrap_or(present.len());
+    Err(Error::Model(format!(
+        "the GGUF has no tensor 'blk.{missing}.attn_norm.weight'; is it a complete Gemma 3 file?"
+    )))
 }
 
 /// Reads a Gemma 3 GGUF and quantizes it into [`ModelWeights`]; returns the per-tensor
@@ -237,9 +327,13 @@ pub fn weights_from_gguf(
         progress.inc(1);
         Ok(q)
     };
+    config.validate("the model config")?;
+    check_layer_count(gguf, config.num_layers)?;
     let c = &config;
     let embed = matrix("token_embd.weight", c.vocab_size, c.hidden_size, 8)?;
-    let mut layers = Vec::with_capacity(c.num_layers);
+    // Not preallocated: the count comes from the file (checked above against its tensors,
+    // but a layer's tensors are what bound the memory, not the count).
+    let mut layers = Vec::new();
     for l in 0..c.num_layers {
         let p = |s: &str| format!("blk.{l}.{s}.weight");
         layers.push(LayerWeights {
@@ -370,6 +464,9 @@ pub fn write_package(
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
+    // Conversions killed before they finished left their temp directories here; nothing
+    // else ever removes them.
+    crate::cache::remove_stale_partials_of(out_dir)?;
     let tmp = parent.join(format!(".{leaf}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)

@@ -351,6 +351,38 @@ fn io_err(source: &str, e: std::io::Error) -> Error {
     Error::io("cannot read GGUF file", PathBuf::from(source), e)
 }
 
+/// Fails if two tensors' data share a byte. ggml's own reader requires each tensor to
+/// start where the previous one ends; we accept any order and gaps, but not aliasing: a
+/// small file whose many tensor infos point at the same bytes would make every reader
+/// materialize those bytes once per info, so memory would grow with infos x tensor size
+/// instead of with the file.
+fn check_no_overlap(tensors: &[TensorInfo], data_offset: u64) -> std::result::Result<(), String> {
+    // (start, end, index) of every tensor that holds data; offsets are checked already.
+    let mut spans: Vec<(u64, u64, usize)> = tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.n_bytes > 0)
+        .map(|(i, t)| (t.offset, t.offset + t.n_bytes, i))
+        .collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        let ((a_start, a_end, a), (b_start, _, b)) = (w[0], w[1]);
+        if b_start < a_end {
+            let (ta, tb) = (&tensors[a], &tensors[b]);
+            return Err(format!(
+                "tensor {}: its data ({} bytes at data offset {}) overlaps the data of tensor {} ({} bytes at data offset {}); tensors may not share bytes",
+                tb.name,
+                tb.n_bytes,
+                b_start - data_offset,
+                ta.name,
+                ta.n_bytes,
+                a_start - data_offset
+            ));
+        }
+    }
+    Ok(())
+}
+
 struct Header {
     version: u32,
     metadata: BTreeMap<String, MetaValue>,
@@ -601,6 +633,8 @@ impl Parser<'_> {
                 }
             }
         }
+
+        check_no_overlap(&tensors, data_offset).map_err(|m| self.err(m))?;
 
         Ok(Header {
             version,
