@@ -1,6 +1,8 @@
 //! `lockstep`: run one INT4 ONNX Gemma on several runtimes and prove they agree.
 
 mod bench;
+mod conform;
+mod demo;
 mod generate_args;
 mod inspect;
 mod prepare;
@@ -35,6 +37,10 @@ enum Command {
     Convert(prepare::ConvertArgs),
     /// Measure prefill and generation speed per backend (llama-bench style table, --json, --svg).
     Bench(bench::BenchArgs),
+    /// Stream a prompt, then run it on every backend here and show the tokens are identical.
+    Demo(demo::DemoArgs),
+    /// Run the conformance suite: every backend against the reference and the golden files.
+    Conform(conform::ConformArgs),
     /// List the ONNX Runtime library's execution providers and which profiles run here.
     Providers(providers::ProvidersArgs),
     /// Show where a model's nodes run under a provider profile (measured or predicted).
@@ -45,9 +51,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             // ONNX Runtime warns about our overridable `logits_to_keep` input at every
-            // load; that is by design, so only its errors are shown by default.
-            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ort=error")),
+            // load, and wgpu's Vulkan layer about driver details; by design, so only
+            // their errors are shown by default.
+            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,ort=error,wgpu_hal=error,wgpu_core=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
         Command::Fetch(args) => prepare::fetch(args),
         Command::Convert(args) => prepare::convert(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Demo(args) => demo::demo(args),
+        Command::Conform(args) => conform::conform(args),
         Command::Providers(args) => providers::providers(args),
         Command::Inspect(args) => inspect::inspect(args),
     };

@@ -143,12 +143,10 @@ impl Session for OrtSession {
             .bind_output_to_device(LOGITS, &self.cpu)
             .map_err(&err)?;
         let outputs = session.run_binding(&self.binding).map_err(&err)?;
-        let logits = outputs
-            .get(LOGITS)
-            .ok_or_else(|| {
-                let names: Vec<&str> = outputs.keys().collect();
-                Error::Runtime(format!("the model returned no logits (outputs: {names:?})"))
-            })?;
+        let logits = outputs.get(LOGITS).ok_or_else(|| {
+            let names: Vec<&str> = outputs.keys().collect();
+            Error::Runtime(format!("the model returned no logits (outputs: {names:?})"))
+        })?;
         let (_, data) = logits.try_extract_tensor::<f32>().map_err(&err)?;
         let logits = Logits::new(self.config.vocab_size, data.to_vec());
         drop(outputs);

@@ -1,0 +1,127 @@
+//! `lockstep conform`: the conformance suite against the reference backend and the
+//! committed golden files; `--bless` rewrites the golden files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use lockstep::{LoadOptions, Model};
+use lockstep_conformance::{self as conformance, Suite};
+use lockstep_core::{Error, Result};
+
+#[derive(Args, Debug)]
+pub struct ConformArgs {
+    /// A built-in model or a converted model directory [default: gemma3-270m; with
+    /// --bless: every built-in model that has golden files].
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Backends to check, comma-separated. One this machine cannot run is reported as
+    /// unavailable, never as passed.
+    #[arg(long, short, value_delimiter = ',', default_value = "ort-cpu,gpu")]
+    pub backends: Vec<String>,
+    /// A suite name under <conformance dir>/suites, or a path to a suite file.
+    #[arg(long, default_value = conformance::DEFAULT_SUITE)]
+    pub suite: String,
+    /// Only these prompts of the suite (comma-separated ids).
+    #[arg(long, value_delimiter = ',')]
+    pub prompts: Vec<String>,
+    /// Where suites and golden files live [default: $LOCKSTEP_CONFORMANCE_DIR, ./conformance,
+    /// or the source tree's].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Rewrite the golden files from the reference backend instead of checking.
+    #[arg(long)]
+    pub bless: bool,
+    /// Print the report as JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Only the free-running greedy comparison (skip teacher forcing).
+    #[arg(long)]
+    pub no_teacher_forced: bool,
+    /// Count an unavailable backend as a failure (for CI that must run every backend).
+    #[arg(long)]
+    pub strict: bool,
+    /// CPU threads for ONNX Runtime.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn load_suite(args: &ConformArgs, dir: &std::path::Path) -> Result<Suite> {
+    let as_path = PathBuf::from(&args.suite);
+    let path = if as_path.is_file() {
+        as_path
+    } else {
+        conformance::suite_path(dir, &args.suite)
+    };
+    Suite::load(path)
+}
+
+fn open(name: &str, threads: Option<usize>) -> Result<Model> {
+    let opts = LoadOptions {
+        threads,
+        progress: true,
+        ..Default::default()
+    };
+    Model::open_with(name, opts)
+}
+
+/// The name golden files are kept under: the model's own name for a directory.
+fn golden_name(arg: &str, model: &Model) -> String {
+    if std::path::Path::new(arg).is_dir() {
+        model.package().manifest.name.clone()
+    } else {
+        arg.to_string()
+    }
+}
+
+pub fn conform(args: ConformArgs) -> Result<ExitCode> {
+    let dir = args.dir.clone().unwrap_or_else(conformance::default_dir);
+    let mut suite = load_suite(&args, &dir)?;
+    if args.bless {
+        if !args.prompts.is_empty() {
+            return Err(Error::InvalidInput(
+                "--bless writes the whole suite's golden file; drop --prompts".into(),
+            ));
+        }
+        let models: Vec<String> = match &args.model {
+            Some(m) => vec![m.clone()],
+            None => conformance::GOLDEN_MODELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        for name in &models {
+            let model = open(name, args.threads)?;
+            let golden = golden_name(name, &model);
+            let path = conformance::bless_model(&model, &golden, &suite, &dir, true)?;
+            eprintln!("conform: wrote {}", path.display());
+        }
+        eprintln!(
+            "conform: review the diff before committing: a changed token is a changed runtime"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.prompts.is_empty() {
+        suite.select(&args.prompts)?;
+    }
+    let name = args.model.clone().unwrap_or_else(|| "gemma3-270m".into());
+    let model = open(&name, args.threads)?;
+    let golden = golden_name(&name, &model);
+    let opts = conformance::RunOptions {
+        conformance_dir: Some(dir),
+        progress: true,
+        teacher_forced: !args.no_teacher_forced,
+    };
+    let report = conformance::run_model(&model, &golden, &suite, &args.backends, &opts)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.to_markdown());
+    }
+    let failed = !report.passed() || (args.strict && !report.unavailable().is_empty());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
