@@ -16,6 +16,34 @@ use crate::report::{
 use crate::suite::{EncodedPrompt, Suite};
 use crate::trace::{trace_greedy, Trace};
 
+/// A backend running another conversion of the same weights (e.g. the `coreml` variant),
+/// reported under `BACKEND@MODEL` so that it is never mistaken for the reference.
+struct OtherModel {
+    id: String,
+    inner: Arc<dyn Backend>,
+}
+
+#[async_trait::async_trait]
+impl Backend for OtherModel {
+    fn info(&self) -> lockstep_core::BackendInfo {
+        lockstep_core::BackendInfo {
+            id: self.id.clone(),
+            ..self.inner.info()
+        }
+    }
+
+    fn config(&self) -> &lockstep_core::ModelConfig {
+        self.inner.config()
+    }
+
+    async fn session(
+        &self,
+        opts: lockstep_core::SessionOptions,
+    ) -> Result<Box<dyn lockstep_core::Session>> {
+        self.inner.session(opts).await
+    }
+}
+
 /// A backend to compare, or why it cannot run here.
 pub enum Candidate {
     Loaded(Arc<dyn Backend>),
@@ -23,6 +51,28 @@ pub enum Candidate {
 }
 
 impl Candidate {
+    /// `backend` on `other_model` (a name or directory), compared against the reference
+    /// running `model`: proves that two conversions of one model give the same tokens.
+    pub fn other_model(
+        model: &lockstep::Model,
+        backend: &str,
+        other_model: &str,
+        id: &str,
+    ) -> Self {
+        let loaded = lockstep::Model::open_with(other_model, model.load_options.clone())
+            .and_then(|m| m.backend(backend));
+        match loaded {
+            Ok(inner) => Candidate::Loaded(Arc::new(OtherModel {
+                id: id.to_string(),
+                inner,
+            })),
+            Err(e) => Candidate::Unavailable {
+                id: id.to_string(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
     /// Loads `id` on `model`; any error (unknown id, missing device, load failure) makes
     /// it unavailable with that error as the reason.
     pub fn load(model: &lockstep::Model, id: &str) -> Self {
@@ -444,6 +494,8 @@ pub fn run_model(
         .map(|id| {
             if *id == suite.reference {
                 Candidate::Loaded(reference.clone())
+            } else if let Some((backend, other)) = id.split_once('@') {
+                Candidate::other_model(model, backend, other, id)
             } else {
                 Candidate::load(model, id)
             }

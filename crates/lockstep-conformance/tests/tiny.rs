@@ -199,3 +199,37 @@ fn noise_in_a_real_backend_is_caught_where_it_starts() {
     assert_eq!(tf.first_disagreements[0].position, from);
     assert!(tf.max_kl_position >= from);
 }
+
+/// The CoreML-friendly graph variant, run on ONNX Runtime's CPU provider, gives the
+/// default variant's tokens and logits on every prompt that fits its fixed 1024-position
+/// cache (the 1107-token prompt does not, and is reported as a failure, not skipped).
+#[test]
+fn the_coreml_variant_agrees_with_the_default_variant() {
+    let model = Model::open(MODEL).unwrap();
+    let mut suite = suite();
+    let fits = [
+        "fact-short",
+        "code-rust",
+        "chat-multi-turn",
+        "long-past-512",
+    ];
+    suite.select(&fits.map(String::from)).unwrap();
+    let other = format!("ort-cpu@{MODEL}-coreml");
+    let report = run_model(
+        &model,
+        MODEL,
+        &suite,
+        &["ort-cpu".into(), other.clone()],
+        &opts(),
+    )
+    .unwrap();
+    let variant = &report.backends[1];
+    assert_eq!(variant.id, other);
+    assert_eq!(
+        variant.status,
+        BackendStatus::Passed,
+        "{}",
+        report.to_markdown()
+    );
+    assert!(variant.prompts.iter().all(|p| p.teacher_forced.is_some()));
+}
