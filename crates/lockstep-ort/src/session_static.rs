@@ -119,29 +119,7 @@ impl StaticSession {
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidInput(
-                "forward needs at least one token".into(),
-            ));
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(Error::InvalidInput(format!(
-                "token id {bad} is out of range: the vocabulary has {} ids",
-                self.config.vocab_size
-            )));
-        }
-        let needed = self.len + tokens.len();
-        if needed > self.max_tokens {
-            return Err(Error::ContextOverflow {
-                needed,
-                limit: self.max_tokens,
-                limit_name: "the session's KV budget",
-            });
-        }
-        Ok(())
+        crate::check_step(&self.config, self.len, self.max_tokens, tokens)
     }
 
     /// The additive mask `[S, C + S]` for a step of `seq` slots starting at `self.len`;

@@ -433,7 +433,7 @@ fn rms_norm(g: &mut GraphBuilder, input: &str, weight: &str, eps: f32) -> String
 
 /// `zero_points` adds the `<name>.zero_points` initializer (the lower halves of the
 /// split 8-bit table have zero point 0, not the implicit 8).
-fn matmul_nbits(
+pub(super) fn matmul_nbits(
     g: &mut GraphBuilder,
     input: &str,
     name: &str,
@@ -465,7 +465,7 @@ fn matmul_nbits(
     )
 }
 
-fn add_quant(init: &mut Initializers, name: &str, m: &QuantMatrix) -> Result<()> {
+pub(super) fn add_quant(init: &mut Initializers, name: &str, m: &QuantMatrix) -> Result<()> {
     init.add_raw(
         &names::qweight(name),
         data_type::UINT8,

@@ -66,7 +66,7 @@ use std::path::Path;
 
 use lockstep_core::{LayerKind, ModelConfig, Result};
 
-use super::graph::split_nibbles;
+use super::graph::{add_quant, matmul_nbits, split_nibbles};
 use super::names;
 use crate::onnx::{
     data_type, Attr, Dim, GraphBuilder, Initializers, ModelProto, OperatorSetIdProto,
@@ -571,56 +571,4 @@ fn apply_rope(g: &mut GraphBuilder, x: &str, (cos, sin): &(String, String)) -> S
     let a = g.op("Mul", &[x, cos], vec![]);
     let b = g.op("Mul", &[&swapped, sin], vec![]);
     g.op("Add", &[&a, &b], vec![])
-}
-
-/// As the default graph's: `zero_points` adds the `<name>.zero_points` input.
-fn matmul_nbits(
-    g: &mut GraphBuilder,
-    input: &str,
-    name: &str,
-    m: &QuantMatrix,
-    accuracy_level: i64,
-    zero_points: bool,
-) -> String {
-    let (qweight, scales, zp) = (
-        names::qweight(name),
-        names::scales(name),
-        names::zero_points(name),
-    );
-    let mut inputs = vec![input, qweight.as_str(), scales.as_str()];
-    if zero_points {
-        inputs.push(&zp);
-    }
-    g.node(
-        "MatMulNBits",
-        MS,
-        &inputs,
-        &[],
-        vec![
-            ("K", Attr::Int(m.k as i64)),
-            ("N", Attr::Int(m.n as i64)),
-            ("bits", Attr::Int(m.bits as i64)),
-            ("block_size", Attr::Int(m.block_size as i64)),
-            ("accuracy_level", Attr::Int(accuracy_level)),
-        ],
-    )
-}
-
-/// The default graph's MatMulNBits layout, byte for byte.
-fn add_quant(init: &mut Initializers, name: &str, m: &QuantMatrix) -> Result<()> {
-    init.add_raw(
-        &names::qweight(name),
-        data_type::UINT8,
-        &[
-            m.n as i64,
-            m.blocks_per_row() as i64,
-            m.bytes_per_block() as i64,
-        ],
-        &m.data,
-    )?;
-    init.add_f32(
-        &names::scales(name),
-        &[(m.n * m.blocks_per_row()) as i64],
-        &m.scales,
-    )
 }
