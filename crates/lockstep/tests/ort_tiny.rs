@@ -147,3 +147,24 @@ fn lockstep_model_seed(model: &Model) -> u64 {
         .seed
         .expect("a synthetic model records its seed")
 }
+
+#[test]
+fn seeded_sampling_through_onnx_runtime_is_reproducible() {
+    let model = Model::open("gemma3-tiny").unwrap();
+    let generator = model.generator("ort-cpu").unwrap();
+    let sample = |seed: u64| {
+        let opts = lockstep::GenerateOptions::new()
+            .max_new_tokens(24)
+            .temperature(1.5)
+            .top_k(50)
+            .top_p(0.95)
+            .seed(seed);
+        let mut s = pollster::block_on(generator.session(64)).unwrap();
+        generator
+            .generate(s.as_mut(), "Once upon a time", opts)
+            .unwrap()
+            .tokens
+    };
+    assert_eq!(sample(7), sample(7));
+    assert_ne!(sample(7), sample(8));
+}
