@@ -48,6 +48,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan drivers probe for a Wayland display when the GPU backend starts, and
+    // libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set" on headless
+    // machines. Any absolute path silences that probe (it then finds no socket); done
+    // first, while the process is still single-threaded.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             // ONNX Runtime warns about our overridable `logits_to_keep` input at every
