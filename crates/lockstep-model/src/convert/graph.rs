@@ -13,7 +13,7 @@ use lockstep_core::{LayerKind, Result};
 
 use super::names;
 use crate::onnx::{
-    data_type, Attr, Dim, GraphBuilder, Initializers, ModelProto, OperatorSetIdProto,
+    data_type, Attr, Dim, GraphBuilder, GraphProto, Initializers, ModelProto, OperatorSetIdProto,
 };
 use crate::package::{DATA_FILE, MODEL_FILE};
 use crate::weights::{ModelWeights, QuantMatrix};
@@ -398,7 +398,13 @@ pub fn write_model(
     }
 
     let initializers = init.finish()?;
-    let model = ModelProto {
+    let model = model_proto(doc.into(), g.finish("gemma3_text", initializers));
+    crate::cache::atomic_write(dir.join(MODEL_FILE), &prost::Message::encode_to_vec(&model))
+}
+
+/// A model around `graph` with lockstep's opsets (ONNX 21, com.microsoft 1) and producer.
+pub(super) fn model_proto(doc_string: String, graph: GraphProto) -> ModelProto {
+    ModelProto {
         ir_version: 10,
         opset_import: vec![
             OperatorSetIdProto {
@@ -412,11 +418,10 @@ pub fn write_model(
         ],
         producer_name: "lockstep".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: doc.into(),
-        graph: Some(g.finish("gemma3_text", initializers)),
+        doc_string,
+        graph: Some(graph),
         ..Default::default()
-    };
-    crate::cache::atomic_write(dir.join(MODEL_FILE), &prost::Message::encode_to_vec(&model))
+    }
 }
 
 fn rms_norm(g: &mut GraphBuilder, input: &str, weight: &str, eps: f32) -> String {

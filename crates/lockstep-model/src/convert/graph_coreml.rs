@@ -66,15 +66,11 @@ use std::path::Path;
 
 use lockstep_core::{LayerKind, ModelConfig, Result};
 
-use super::graph::{add_quant, matmul_nbits, split_nibbles};
+use super::graph::{add_quant, matmul_nbits, model_proto, split_nibbles};
 use super::names;
-use crate::onnx::{
-    data_type, Attr, Dim, GraphBuilder, Initializers, ModelProto, OperatorSetIdProto,
-};
+use crate::onnx::{data_type, Attr, Dim, GraphBuilder, Initializers};
 use crate::package::{DATA_FILE, MODEL_FILE};
 use crate::weights::{ModelWeights, QuantMatrix};
-
-const MS: &str = "com.microsoft";
 
 /// The prefill graph's file, beside `model.onnx` (the decode graph).
 pub const PREFILL_MODEL_FILE: &str = "model_prefill.onnx";
@@ -129,26 +125,10 @@ pub fn write_model(
     let initializers = init.finish()?;
     for (file, seq) in [(MODEL_FILE, 1), (PREFILL_MODEL_FILE, PREFILL_LEN)] {
         let g = build_graph(weights, &hi, &lo, cache, seq, accuracy_level);
-        let model = ModelProto {
-            ir_version: 10,
-            opset_import: vec![
-                OperatorSetIdProto {
-                    domain: String::new(),
-                    version: 21,
-                },
-                OperatorSetIdProto {
-                    domain: MS.into(),
-                    version: 1,
-                },
-            ],
-            producer_name: "lockstep".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            doc_string: format!(
-                "{doc} (coreml variant, {seq} token(s) per step, {cache}-position cache)"
-            ),
-            graph: Some(g.finish("gemma3_text_static", initializers.clone())),
-            ..Default::default()
-        };
+        let model = model_proto(
+            format!("{doc} (coreml variant, {seq} token(s) per step, {cache}-position cache)"),
+            g.finish("gemma3_text_static", initializers.clone()),
+        );
         crate::cache::atomic_write(dir.join(file), &prost::Message::encode_to_vec(&model))?;
     }
     Ok(())
