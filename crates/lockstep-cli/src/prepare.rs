@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use lockstep_core::{Error, Result};
-use lockstep_model::cache::Cache;
+use lockstep_fetch::cache::Cache;
 use lockstep_model::convert::{convert_gguf, ConvertOptions, Variant};
 
 #[derive(Args, Debug)]
@@ -49,7 +49,7 @@ fn progress() -> bool {
 pub fn fetch(args: FetchArgs) -> Result<ExitCode> {
     let dir = lockstep::resolve_model(&args.model, progress())?;
     let cache = Cache::from_env()?;
-    let ort = lockstep_model::fetch::fetch_onnxruntime(&cache, progress())?;
+    let ort = lockstep_fetch::fetch::fetch_onnxruntime(&cache, progress())?;
     eprintln!("model ready: {}", dir.display());
     eprintln!("ONNX Runtime: {}", ort.display());
     Ok(ExitCode::SUCCESS)
@@ -66,8 +66,8 @@ pub fn convert(args: ConvertArgs) -> Result<ExitCode> {
         Some(dir) => dir,
         None => {
             let cache = Cache::from_env()?;
-            let manifest = lockstep_model::manifest::ModelManifest::builtin("gemma3-270m")?;
-            let (json, _) = lockstep_model::fetch::fetch_tokenizer(&manifest, &cache, progress())?;
+            let manifest = lockstep_fetch::manifest::ModelManifest::builtin("gemma3-270m")?;
+            let (json, _) = lockstep_fetch::fetch::fetch_tokenizer(&manifest, &cache, progress())?;
             json.parent().map(PathBuf::from).unwrap_or_default()
         }
     };

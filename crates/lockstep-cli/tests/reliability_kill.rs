@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep_model::cache::{partial_owner, sha256_file, Cache};
-use lockstep_model::manifest::ModelManifest;
+use lockstep_fetch::cache::{partial_owner, sha256_file, Cache};
+use lockstep_fetch::manifest::ModelManifest;
 use lockstep_model::package::{ModelPackage, DATA_FILE, MODEL_FILE};
 use lockstep_model::weights::ModelWeights;
 

@@ -26,7 +26,7 @@ pub use runtime::version as runtime_version;
 /// How to build the ONNX Runtime session.
 #[derive(Debug, Clone)]
 pub struct OrtOptions {
-    /// The ONNX Runtime shared library (see `lockstep_model::fetch::onnxruntime_library`).
+    /// The ONNX Runtime shared library (see `lockstep_fetch::fetch::onnxruntime_library`).
     pub library: PathBuf,
     /// Intra-op threads; `None` lets ONNX Runtime use one per physical core.
     pub threads: Option<usize>,
@@ -256,7 +256,7 @@ pub fn inspect_placement(
         return placement::predict(&package.model_path(), profile, &why);
     }
     let dir = std::env::temp_dir().join(format!("lockstep-placement-{}", std::process::id()));
-    lockstep_model::cache::create_dir_all(&dir)?;
+    lockstep_fetch::cache::create_dir_all(&dir)?;
     let result = measure(&package, env, opts, profile, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result

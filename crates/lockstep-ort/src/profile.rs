@@ -276,7 +276,7 @@ impl ProviderProfile {
                     .with_profile_compute_plan(o.profile_compute_plan);
                 if let Some(dir) = &o.model_cache_dir {
                     let dir = expand_cache(dir)?;
-                    lockstep_model::cache::create_dir_all(&dir)?;
+                    lockstep_fetch::cache::create_dir_all(&dir)?;
                     b = b.with_model_cache_dir(dir.display());
                 }
                 if let Some(s) = o.specialization_strategy {
@@ -347,7 +347,7 @@ pub fn op_key(domain: &str, op_type: &str) -> String {
 
 fn expand_cache(dir: &str) -> Result<PathBuf> {
     if dir.contains("{cache}") {
-        let cache = lockstep_model::cache::Cache::from_env()?;
+        let cache = lockstep_fetch::cache::Cache::from_env()?;
         Ok(PathBuf::from(
             dir.replace("{cache}", &cache.root().display().to_string()),
         ))

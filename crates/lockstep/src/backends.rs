@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use lockstep_core::{Backend, Error, Result};
-use lockstep_model::cache::Cache;
+use lockstep_fetch::cache::Cache;
 
 /// The runtimes lockstep can run a model on. ONNX Runtime backends are named after their
 /// execution-provider profile (`providers/*.toml`): `ort-cpu`, `ort-coreml`, ...
@@ -149,12 +149,12 @@ pub fn ort_library(opts: &LoadOptions) -> Result<PathBuf> {
         return Ok(p.clone());
     }
     let cache = Cache::from_env()?;
-    match lockstep_model::fetch::onnxruntime_library(&cache) {
+    match lockstep_fetch::fetch::onnxruntime_library(&cache) {
         Ok(p) => Ok(p),
         // An explicit ORT_DYLIB_PATH that is wrong stays an error: never silently
         // replace what the user asked for.
-        Err(e) if std::env::var_os(lockstep_model::fetch::ORT_DYLIB_PATH_ENV).is_some() => Err(e),
-        Err(_) => lockstep_model::fetch::fetch_onnxruntime(&cache, opts.progress),
+        Err(e) if std::env::var_os(lockstep_fetch::fetch::ORT_DYLIB_PATH_ENV).is_some() => Err(e),
+        Err(_) => lockstep_fetch::fetch::fetch_onnxruntime(&cache, opts.progress),
     }
 }
 

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use lockstep_core::{Error, ModelConfig, Result};
 use lockstep_generate::{Generator, Tokenizer};
-use lockstep_model::cache::Cache;
+use lockstep_fetch::cache::Cache;
 use lockstep_model::convert::{
     build_synthetic, convert_gguf, gemma3_1b_config, gemma3_4b_config, tiny_config, ConvertOptions,
     Variant,
 };
-use lockstep_model::manifest::ModelManifest;
+use lockstep_fetch::manifest::ModelManifest;
 use lockstep_model::package::ModelPackage;
 
 use crate::backends::{load_backend, BackendKind, LoadOptions};
@@ -102,10 +102,10 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
     }
     // A synthetic model needs only the tokenizer; a real one needs the GGUF too.
     let (gguf, tokenizer_json) = if synthetic.is_some() {
-        let (json, _) = lockstep_model::fetch::fetch_tokenizer(&source_manifest, &cache, progress)?;
+        let (json, _) = lockstep_fetch::fetch::fetch_tokenizer(&source_manifest, &cache, progress)?;
         (None, json)
     } else {
-        let sources = lockstep_model::fetch::fetch_model(&source_manifest, &cache, progress)?;
+        let sources = lockstep_fetch::fetch::fetch_model(&source_manifest, &cache, progress)?;
         (Some(sources.gguf), sources.tokenizer_json)
     };
     let tokenizer_dir = tokenizer_json

@@ -399,7 +399,7 @@ pub fn write_model(
 
     let initializers = init.finish()?;
     let model = model_proto(doc.into(), g.finish("gemma3_text", initializers));
-    crate::cache::atomic_write(dir.join(MODEL_FILE), &prost::Message::encode_to_vec(&model))
+    lockstep_fetch::cache::atomic_write(dir.join(MODEL_FILE), &prost::Message::encode_to_vec(&model))
 }
 
 /// A model around `graph` with lockstep's opsets (ONNX 21, com.microsoft 1) and producer.

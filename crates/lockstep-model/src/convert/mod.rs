@@ -414,7 +414,7 @@ pub fn convert_gguf(
     );
     let (weights, tensor_errors) = weights_from_gguf(&gguf, config, opts.projection_bits, &pb)?;
     pb.finish_and_clear();
-    let sha256 = crate::cache::sha256_file(gguf_path)?;
+    let sha256 = lockstep_fetch::cache::sha256_file(gguf_path)?;
     let source = SourceInfo {
         kind: "gguf".into(),
         file: gguf_path
@@ -466,7 +466,7 @@ pub fn write_package(
         .unwrap_or_else(|| "model".into());
     // Conversions killed before they finished left their temp directories here; nothing
     // else ever removes them.
-    crate::cache::remove_stale_partials_of(out_dir)?;
+    lockstep_fetch::cache::remove_stale_partials_of(out_dir)?;
     let tmp = parent.join(format!(".{leaf}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)
@@ -508,13 +508,13 @@ pub fn write_package(
             tensor_errors,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-        crate::cache::atomic_write(tmp.join(MANIFEST_FILE), &json)?;
+        lockstep_fetch::cache::atomic_write(tmp.join(MANIFEST_FILE), &json)?;
         // onnxruntime-genai runs the default graph only (the coreml one has static shapes
         // and its own I/O names).
         if opts.variant == Variant::Default {
             let genai =
                 serde_json::to_vec_pretty(&genai_config(&weights.config)).expect("serializes");
-            crate::cache::atomic_write(tmp.join(GENAI_CONFIG_FILE), &genai)?;
+            lockstep_fetch::cache::atomic_write(tmp.join(GENAI_CONFIG_FILE), &genai)?;
         }
         Ok(manifest)
     })();

