@@ -217,6 +217,7 @@ mod tests {
                 runtime: "r".into(),
                 device: "d".into(),
                 precision: "p".into(),
+                ..Default::default()
             },
             prompts: vec![GoldenPrompt::new("p1", &[2, 10, 11], &trace)],
         };

@@ -16,9 +16,11 @@ pub use logits::{argmax, check_finite, Logits};
 use async_trait::async_trait;
 
 /// What a backend is: shown in reports, tables and `--json` output.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+///
+/// The optional fields are absent from files written before they existed (golden files).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct BackendInfo {
-    /// Stable id used on the command line, e.g. `ort-cpu` or `gpu`.
+    /// Stable id used on the command line, e.g. `ort-cpu`, `ort-cpu:1.32.0` or `gpu`.
     pub id: String,
     /// The runtime and its version, e.g. `ONNX Runtime 1.31.1`.
     pub runtime: String,
@@ -26,6 +28,30 @@ pub struct BackendInfo {
     pub device: String,
     /// The numeric mode, e.g. `int4 weights, f32 compute`.
     pub precision: String,
+    /// Where the runtime came from, e.g. `onnxruntime 1.32.0 (PyPI)`, or the library file
+    /// given by `--ort-library` / `ORT_DYLIB_PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// The execution provider the runtime runs the model on, e.g. `WebGpuExecutionProvider`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Set when the backend runs in a host process of its own (a second ONNX Runtime
+    /// library cannot share a process with the first): `host process 1234`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+}
+
+impl BackendInfo {
+    /// `onnxruntime 1.32.0 (PyPI), CPUExecutionProvider`: the package and provider, or the
+    /// runtime where neither applies, for one column of a table.
+    pub fn runtime_label(&self) -> String {
+        match (&self.package, &self.provider) {
+            (Some(p), Some(e)) => format!("{p}, {e}"),
+            (Some(p), None) => p.clone(),
+            (None, Some(e)) => format!("{}, {e}", self.runtime),
+            (None, None) => self.runtime.clone(),
+        }
+    }
 }
 
 /// Options fixed when a session is created.
@@ -59,6 +85,12 @@ pub trait Backend: Send + Sync {
     fn config(&self) -> &ModelConfig;
     /// A new, empty KV cache with a fixed token budget.
     async fn session(&self, opts: SessionOptions) -> Result<Box<dyn Session>>;
+
+    /// The id of the process the backend computes in, when it is not this one (a host
+    /// process): benchmarks read that process's memory.
+    fn host_process(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// One sequence's state (its KV cache) on a backend.

@@ -74,10 +74,8 @@ impl Cache {
     }
 
     /// A runtime's shared libraries, e.g. `runtimes/onnxruntime-1.31.1`.
-    pub fn runtime_dir(&self, runtime: &str, version: &str) -> PathBuf {
-        self.root
-            .join("runtimes")
-            .join(format!("{runtime}-{version}"))
+    pub fn runtime_dir(&self, runtime_id: &str) -> PathBuf {
+        self.root.join("runtimes").join(runtime_id)
     }
 
     /// The converted model (written by the converter).

@@ -1,4 +1,4 @@
-//! Model manifests (`models/*.toml`) and the runtime manifest (`providers/runtime/onnxruntime.toml`):
+//! Model manifests (`models/*.toml`) and runtime manifests (`providers/runtime/*.toml`):
 //! where each file comes from and the sha256 it must have.
 //!
 //! The TOML files of the repository are compiled in, so `lockstep` finds its models from any
@@ -15,7 +15,31 @@ const BUILTIN_MODELS: &[(&str, &str)] = &[(
     include_str!("../../../models/gemma3-270m.toml"),
 )];
 
-const ONNXRUNTIME_TOML: &str = include_str!("../../../providers/runtime/onnxruntime.toml");
+/// Every `providers/runtime/*.toml`, in the order a runtime is chosen for an execution
+/// provider: the default first, then newer releases of the same package, then the builds
+/// that carry other providers (a test checks none is missing).
+const BUILTIN_RUNTIMES: &[(&str, &str)] = &[
+    (
+        "onnxruntime-1.31.1",
+        include_str!("../../../providers/runtime/onnxruntime-1.31.1.toml"),
+    ),
+    (
+        "onnxruntime-1.32.0",
+        include_str!("../../../providers/runtime/onnxruntime-1.32.0.toml"),
+    ),
+    (
+        "onnxruntime-node-1.30.0",
+        include_str!("../../../providers/runtime/onnxruntime-node-1.30.0.toml"),
+    ),
+    (
+        "onnxruntime-openvino-1.24.1",
+        include_str!("../../../providers/runtime/onnxruntime-openvino-1.24.1.toml"),
+    ),
+    (
+        "onnxruntime-gpu-1.31.1",
+        include_str!("../../../providers/runtime/onnxruntime-gpu-1.31.1.toml"),
+    ),
+];
 
 /// A model: its sources on package registries, their checksums and its architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,21 +299,51 @@ impl ModelManifest {
     }
 }
 
-/// A runtime shared library taken from PyPI wheels, one per platform.
+/// The registry a runtime package comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registry {
+    /// A wheel, fetched with `pip download`.
+    Pypi,
+    /// A package tarball, fetched with `npm pack`.
+    Npm,
+}
+
+impl std::fmt::Display for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Registry::Pypi => "PyPI",
+            Registry::Npm => "npm",
+        })
+    }
+}
+
+/// An ONNX Runtime shared library inside a registry package: one package version, one
+/// archive per platform (or one archive holding every platform, as npm packages do).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeManifest {
-    /// Cache directory prefix: `runtimes/<name>-<version>`.
-    pub name: String,
-    /// PyPI package name.
+    /// `onnxruntime-1.31.1`: the name on the command line and the cache directory
+    /// `runtimes/<id>/`.
+    pub id: String,
+    pub description: String,
+    pub registry: Registry,
+    /// The package name on its registry.
     pub package: String,
     pub version: String,
-    /// The CPython version whose wheels are pinned, e.g. `3.11`.
-    pub python_version: String,
+    /// PyPI only: the CPython version whose wheels are pinned, e.g. `3.11`.
+    pub python_version: Option<String>,
+    /// The runtime backends use unless another is asked for (exactly one is).
+    #[serde(default)]
+    pub default: bool,
+    /// What the machine needs beyond the package for the providers to run, in words.
+    pub needs: Option<String>,
+    /// Execution providers the library carries on every platform (ONNX Runtime's names).
+    pub providers: Vec<String>,
     pub platforms: Vec<RuntimePlatform>,
 }
 
-/// The wheel of one platform and the libraries taken out of it.
+/// The archive of one platform and the files taken out of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimePlatform {
@@ -297,46 +351,120 @@ pub struct RuntimePlatform {
     pub os: String,
     /// As `std::env::consts::ARCH`: `x86_64`, `aarch64`.
     pub arch: String,
-    /// pip's `--platform` tag.
-    pub pip_platform: String,
-    pub wheel: String,
-    pub wheel_size: u64,
-    pub wheel_sha256: String,
+    /// PyPI only: pip's `--platform` tag.
+    pub pip_platform: Option<String>,
+    /// The wheel or tarball file name, as the registry serves it.
+    pub archive: String,
+    pub archive_size: u64,
+    pub archive_sha256: String,
     /// The library to load.
     pub library: ArchiveFile,
-    /// Libraries it loads from its own directory (e.g. `libonnxruntime_providers_shared`).
+    /// Libraries it loads from its own directory (providers, their dependencies).
     #[serde(default)]
     pub extra: Vec<ArchiveFile>,
+    /// Providers only this platform's library carries (CoreML on macOS).
+    #[serde(default)]
+    pub providers: Vec<String>,
 }
 
 impl RuntimeManifest {
-    /// The compiled-in `providers/runtime/onnxruntime.toml`.
-    pub fn onnxruntime() -> Result<Self> {
-        Self::from_toml_str(ONNXRUNTIME_TOML, "providers/runtime/onnxruntime.toml")
+    /// Every compiled-in runtime, the default first.
+    pub fn builtins() -> Vec<RuntimeManifest> {
+        BUILTIN_RUNTIMES
+            .iter()
+            .map(|(id, text)| {
+                Self::from_toml_str(text, &format!("providers/runtime/{id}.toml"))
+                    .unwrap_or_else(|e| panic!("built-in runtime manifest {id} is invalid: {e}"))
+            })
+            .collect()
+    }
+
+    /// The ids of the compiled-in runtimes, the default first.
+    pub fn builtin_ids() -> Vec<&'static str> {
+        BUILTIN_RUNTIMES.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// The default runtime (`default = true`): ONNX Runtime's official CPU build.
+    pub fn default_runtime() -> Result<Self> {
+        Self::builtins()
+            .into_iter()
+            .find(|r| r.default)
+            .ok_or_else(|| Error::Model("no runtime manifest is marked default".into()))
+    }
+
+    /// A compiled-in runtime by id (`onnxruntime-1.32.0`) or by version (`1.32.0`), among
+    /// those that carry `provider` when one is given. A version that several packages share
+    /// (onnxruntime and onnxruntime-gpu 1.31.1) picks the first in [`builtins`] order that
+    /// carries the provider, so `ort-cpu:1.31.1` is the official CPU build.
+    pub fn find(spec: &str, provider: Option<&str>) -> Result<Self> {
+        let all = Self::builtins();
+        let carries = |r: &RuntimeManifest| provider.is_none_or(|p| r.carries_here(p));
+        if let Some(r) = all.iter().find(|r| r.id == spec) {
+            return Ok(r.clone());
+        }
+        let same_version: Vec<&RuntimeManifest> =
+            all.iter().filter(|r| r.version == spec).collect();
+        if let Some(r) = same_version.iter().find(|r| carries(r)) {
+            return Ok((*r).clone());
+        }
+        let known: Vec<String> = all
+            .iter()
+            .filter(|r| carries(r))
+            .map(|r| format!("{} ({})", r.id, r.version))
+            .collect();
+        let what = match provider {
+            Some(p) if !same_version.is_empty() => format!(
+                "no runtime {spec} carries {p} on this platform; runtimes that do"
+            ),
+            Some(p) => format!("unknown runtime '{spec}'; runtimes that carry {p} here"),
+            None => format!("unknown runtime '{spec}'; known runtimes"),
+        };
+        Err(Error::InvalidInput(format!(
+            "{what}: {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )))
+    }
+
+    /// The first runtime in [`builtins`] order that carries `provider` on this platform.
+    pub fn for_provider(provider: &str) -> Option<Self> {
+        Self::builtins()
+            .into_iter()
+            .find(|r| r.carries_here(provider))
     }
 
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
         let manifest: Self = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
         check(
             origin,
-            is_safe_name(&manifest.name) && is_safe_name(&manifest.version),
-            || "name and version must be plain names".into(),
+            is_safe_name(&manifest.id) && is_safe_name(&manifest.version),
+            || "id and version must be plain names".into(),
         )?;
-        check(
-            origin,
-            manifest.python_version.split('.').count() == 2
-                && manifest
-                    .python_version
-                    .split('.')
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
-            || {
-                format!(
-                    "python_version '{}' must look like 3.11",
-                    manifest.python_version
-                )
-            },
-        )?;
+        match (manifest.registry, &manifest.python_version) {
+            (Registry::Pypi, Some(v)) => check(
+                origin,
+                v.split('.').count() == 2
+                    && v
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+                || format!("python_version '{v}' must look like 3.11"),
+            )?,
+            (Registry::Pypi, None) => {
+                return Err(Error::Model(format!(
+                    "invalid manifest {origin}: a PyPI runtime needs python_version"
+                )))
+            }
+            (Registry::Npm, _) => {}
+        }
         for p in &manifest.platforms {
+            check(
+                origin,
+                manifest.registry != Registry::Pypi || p.pip_platform.is_some(),
+                || format!("platform {}-{} needs pip_platform", p.os, p.arch),
+            )?;
             let files = std::iter::once(&p.library).chain(&p.extra);
             for f in files {
                 check(origin, is_safe_name(f.file_name()), || {
@@ -344,26 +472,49 @@ impl RuntimeManifest {
                 })?;
                 check_sha(origin, "library sha256", &f.sha256)?;
             }
-            check(origin, is_safe_name(&p.wheel), || {
-                format!("wheel '{}' must be a plain file name", p.wheel)
+            check(origin, is_safe_name(&p.archive), || {
+                format!("archive '{}' must be a plain file name", p.archive)
             })?;
-            check_sha(origin, "wheel_sha256", &p.wheel_sha256)?;
+            check_sha(origin, "archive_sha256", &p.archive_sha256)?;
         }
         Ok(manifest)
     }
 
-    /// The pip requirement, `package==version`.
+    /// How to fetch it: `onnxruntime==1.31.1` (pip) or `onnxruntime-node@1.30.0` (npm).
     pub fn requirement(&self) -> String {
-        format!("{}=={}", self.package, self.version)
+        match self.registry {
+            Registry::Pypi => format!("{}=={}", self.package, self.version),
+            Registry::Npm => format!("{}@{}", self.package, self.version),
+        }
     }
 
-    /// The CPython ABI tag of the pinned wheels, e.g. `cp311`.
-    pub fn abi(&self) -> String {
-        format!("cp{}", self.python_version.replace('.', ""))
+    /// `onnxruntime 1.31.1 (PyPI)`: what reports name as the package.
+    pub fn package_label(&self) -> String {
+        format!("{} {} ({})", self.package, self.version, self.registry)
+    }
+
+    /// The CPython ABI tag of pinned wheels, e.g. `cp311`.
+    pub fn abi(&self) -> Option<String> {
+        self.python_version
+            .as_ref()
+            .map(|v| format!("cp{}", v.replace('.', "")))
     }
 
     pub fn platform(&self, os: &str, arch: &str) -> Option<&RuntimePlatform> {
         self.platforms.iter().find(|p| p.os == os && p.arch == arch)
+    }
+
+    /// The providers the library carries on `platform`.
+    pub fn providers_on(&self, platform: &RuntimePlatform) -> Vec<String> {
+        let mut all = self.providers.clone();
+        all.extend(platform.providers.iter().cloned());
+        all
+    }
+
+    /// Whether this machine's platform is pinned and its library carries `provider`.
+    pub fn carries_here(&self, provider: &str) -> bool {
+        self.current_platform()
+            .is_ok_and(|p| self.providers_on(p).iter().any(|x| x == provider))
     }
 
     /// The entry for this machine, or an error saying which platforms are covered.
@@ -376,13 +527,12 @@ impl RuntimeManifest {
                 .map(|p| format!("{}-{}", p.os, p.arch))
                 .collect();
             Error::Unavailable {
-                backend: self.name.clone(),
+                backend: self.id.clone(),
                 reason: format!(
-                    "no {} {} wheel is pinned for {os}-{arch} (only {}); set ORT_DYLIB_PATH to an ONNX Runtime {} shared library",
+                    "no {} {} build is pinned for {os}-{arch} (only {}); point --ort-library or ORT_DYLIB_PATH at an ONNX Runtime shared library instead",
                     self.package,
                     self.version,
                     known.join(", "),
-                    self.version
                 ),
             }
         })

@@ -65,7 +65,7 @@ fn cache_layout() {
     assert_eq!(cache.downloads_dir(), PathBuf::from("/c/downloads"));
     assert_eq!(cache.sources_dir("m"), PathBuf::from("/c/sources/m"));
     assert_eq!(
-        cache.runtime_dir("onnxruntime", "1.31.1"),
+        cache.runtime_dir("onnxruntime-1.31.1"),
         PathBuf::from("/c/runtimes/onnxruntime-1.31.1")
     );
     assert_eq!(cache.converted_dir("m"), PathBuf::from("/c/models/m"));
@@ -174,8 +174,8 @@ fn stale_partials_are_never_taken_for_good_and_get_cleaned() {
     assert_eq!(FetchedSources::locate(&manifest, &cache), None);
 
     // A runtime directory that was never committed.
-    let rt = RuntimeManifest::onnxruntime().unwrap();
-    let runtime_dir = cache.runtime_dir(&rt.name, &rt.version);
+    let rt = RuntimeManifest::default_runtime().unwrap();
+    let runtime_dir = cache.runtime_dir(&rt.id);
     let runtime_partial = PathBuf::from(format!("{}.partial-{DEAD_PID}-2", runtime_dir.display()));
     fs::create_dir_all(&runtime_partial).unwrap();
     if let Ok(platform) = rt.current_platform() {
@@ -223,15 +223,15 @@ fn ort_dylib_path_wins_and_must_exist() {
 fn wheel_checksum_mismatch_from_pypi_is_reported_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(dir.path());
-    let mut rt = RuntimeManifest::onnxruntime().unwrap();
+    let mut rt = RuntimeManifest::default_runtime().unwrap();
     let (os, arch) = (std::env::consts::OS, std::env::consts::ARCH);
     let platform = rt
         .platforms
         .iter_mut()
         .find(|p| p.os == os && p.arch == arch)
         .expect("this test needs a platform with a pinned ONNX Runtime wheel");
-    platform.wheel_sha256 = "0".repeat(64);
-    let wheel = platform.wheel.clone();
+    platform.archive_sha256 = "0".repeat(64);
+    let wheel = platform.archive.clone();
     match fetch_runtime(&rt, &cache, false) {
         Err(Error::Checksum {
             what,
@@ -245,7 +245,7 @@ fn wheel_checksum_mismatch_from_pypi_is_reported_and_removed() {
         other => panic!("expected Error::Checksum, got {other:?}"),
     }
     assert!(!cache.downloads_dir().join(&wheel).exists());
-    assert!(!cache.runtime_dir(&rt.name, &rt.version).exists());
+    assert!(!cache.runtime_dir(&rt.id).exists());
     assert!(
         partials(dir.path()).is_empty(),
         "{:?}",
@@ -259,17 +259,17 @@ fn wheel_checksum_mismatch_from_pypi_is_reported_and_removed() {
 fn runtime_fetch_ignores_leftovers_and_survives_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(dir.path());
-    let rt = RuntimeManifest::onnxruntime().unwrap();
+    let rt = RuntimeManifest::default_runtime().unwrap();
     let platform = rt.current_platform().unwrap().clone();
     let downloads = cache.downloads_dir();
     fs::create_dir_all(&downloads).unwrap();
     // A truncated wheel under a partial name, of a process that died.
     fs::write(
-        downloads.join(format!("{}.partial-{DEAD_PID}-0", platform.wheel)),
+        downloads.join(format!("{}.partial-{DEAD_PID}-0", platform.archive)),
         b"PK truncated",
     )
     .unwrap();
-    let runtime_dir = cache.runtime_dir(&rt.name, &rt.version);
+    let runtime_dir = cache.runtime_dir(&rt.id);
     let stale_dir = PathBuf::from(format!("{}.partial-{DEAD_PID}-1", runtime_dir.display()));
     fs::create_dir_all(&stale_dir).unwrap();
     fs::write(stale_dir.join(platform.library.file_name()), b"half").unwrap();
@@ -296,5 +296,5 @@ fn runtime_fetch_ignores_leftovers_and_survives_concurrency() {
         partials(dir.path())
     );
     // The wheel's content is extracted: the wheel is not kept.
-    assert!(!downloads.join(&platform.wheel).exists());
+    assert!(!downloads.join(&platform.archive).exists());
 }

@@ -147,10 +147,11 @@ fn inconsistent_manifests_are_rejected() {
 }
 
 #[test]
-fn onnxruntime_manifest_pins_four_platforms() {
-    let rt = RuntimeManifest::onnxruntime().unwrap();
+fn default_runtime_pins_four_platforms() {
+    let rt = RuntimeManifest::default_runtime().unwrap();
+    assert_eq!(rt.id, "onnxruntime-1.31.1");
     assert_eq!(rt.requirement(), "onnxruntime==1.31.1");
-    assert_eq!(rt.abi(), "cp311");
+    assert_eq!(rt.abi().as_deref(), Some("cp311"));
     let libs: Vec<(&str, &str, &str)> = rt
         .platforms
         .iter()
@@ -167,17 +168,82 @@ fn onnxruntime_manifest_pins_four_platforms() {
     );
     let linux = rt.platform("linux", "x86_64").unwrap();
     assert_eq!(
-        linux.wheel_sha256,
+        linux.archive_sha256,
         "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f"
     );
     if (std::env::consts::OS, std::env::consts::ARCH) == ("linux", "x86_64") {
         assert_eq!(rt.current_platform().unwrap(), linux);
     }
+    let mac = rt.platform("macos", "aarch64").unwrap();
+    assert!(rt.providers_on(mac).contains(&"CoreMLExecutionProvider".to_string()));
 }
 
 #[test]
-fn onnxruntime_manifest_rejects_unknown_keys() {
-    let text = std::fs::read_to_string(repo_dir("providers/runtime/onnxruntime.toml")).unwrap();
+fn runtime_table_holds_every_package_and_one_default() {
+    let all = RuntimeManifest::builtins();
+    let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "onnxruntime-1.31.1",
+            "onnxruntime-1.32.0",
+            "onnxruntime-node-1.30.0",
+            "onnxruntime-openvino-1.24.1",
+            "onnxruntime-gpu-1.31.1",
+        ]
+    );
+    assert_eq!(all.iter().filter(|r| r.default).count(), 1);
+    let node = RuntimeManifest::find("onnxruntime-node-1.30.0", None).unwrap();
+    assert_eq!(node.requirement(), "onnxruntime-node@1.30.0");
+    assert!(node.providers.contains(&"WebGpuExecutionProvider".to_string()));
+    // A version shared by two packages picks the one that carries the provider.
+    let cpu = RuntimeManifest::find("1.31.1", Some("CPUExecutionProvider")).unwrap();
+    assert_eq!(cpu.id, "onnxruntime-1.31.1");
+    if (std::env::consts::OS, std::env::consts::ARCH) == ("linux", "x86_64") {
+        let cuda = RuntimeManifest::find("1.31.1", Some("CUDAExecutionProvider")).unwrap();
+        assert_eq!(cuda.id, "onnxruntime-gpu-1.31.1");
+        let webgpu = RuntimeManifest::for_provider("WebGpuExecutionProvider").unwrap();
+        assert_eq!(webgpu.id, "onnxruntime-node-1.30.0");
+        let ov = RuntimeManifest::for_provider("OpenVINOExecutionProvider").unwrap();
+        assert_eq!(ov.id, "onnxruntime-openvino-1.24.1");
+        match RuntimeManifest::find("1.32.0", Some("CUDAExecutionProvider")) {
+            Err(Error::InvalidInput(msg)) => {
+                assert!(msg.contains("no runtime 1.32.0 carries CUDA"), "{msg}");
+                assert!(msg.contains("onnxruntime-gpu-1.31.1"), "{msg}");
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+    match RuntimeManifest::find("9.9.9", None) {
+        Err(Error::InvalidInput(msg)) => {
+            assert!(msg.contains("unknown runtime '9.9.9'"), "{msg}");
+            assert!(!msg.contains('\n'));
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_runtime_toml_is_compiled_in() {
+    let mut files: Vec<String> = std::fs::read_dir(repo_dir("providers/runtime"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .map(|n| n.trim_end_matches(".toml").to_string())
+        .collect();
+    files.sort();
+    let mut ids: Vec<String> = RuntimeManifest::builtin_ids()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(files, ids, "every providers/runtime/*.toml must be in BUILTIN_RUNTIMES");
+}
+
+#[test]
+fn runtime_manifest_rejects_unknown_keys() {
+    let text =
+        std::fs::read_to_string(repo_dir("providers/runtime/onnxruntime-1.31.1.toml")).unwrap();
     let bad = text.replacen("pip_platform =", "cuda = true\npip_platform =", 1);
     match RuntimeManifest::from_toml_str(&bad, "ort.toml") {
         Err(Error::Model(msg)) => assert!(msg.contains("unknown field `cuda`"), "{msg}"),

@@ -32,7 +32,7 @@ fn real_fetch_is_verified_and_then_served_from_the_cache() {
     );
 
     let library = fetch_onnxruntime(&cache, true).unwrap();
-    let rt = RuntimeManifest::onnxruntime().unwrap();
+    let rt = RuntimeManifest::default_runtime().unwrap();
     let platform = rt.current_platform().unwrap();
     assert_eq!(sha256_file(&library).unwrap(), platform.library.sha256);
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {

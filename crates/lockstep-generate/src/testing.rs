@@ -228,6 +228,7 @@ impl Backend for ScriptedBackend {
             runtime: "lockstep-generate test double".into(),
             device: "none".into(),
             precision: "scripted logits".into(),
+            ..Default::default()
         }
     }
 

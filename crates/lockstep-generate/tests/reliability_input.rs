@@ -169,6 +169,7 @@ impl Backend for PoisonBackend {
             runtime: "test".into(),
             device: "none".into(),
             precision: "poisoned logits".into(),
+            ..Default::default()
         }
     }
     fn config(&self) -> &ModelConfig {

@@ -124,6 +124,7 @@ impl Backend for GpuBackend {
                 4 => "int4 weights (int8 embedding), f32 compute".into(),
                 b => format!("int{b} weights, f32 compute"),
             },
+            ..Default::default()
         }
     }
 

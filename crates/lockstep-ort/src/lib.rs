@@ -215,6 +215,7 @@ impl OrtBackend {
                     "int4 weights (int8 embedding), accuracy_level {}",
                     package.manifest.quantization.accuracy_level
                 ),
+                ..Default::default()
             },
             fallback,
             cpu_nodes,
@@ -285,6 +286,7 @@ fn measure(
             runtime: String::new(),
             device: String::new(),
             precision: String::new(),
+            ..Default::default()
         },
         fallback: None,
         cpu_nodes: None,

