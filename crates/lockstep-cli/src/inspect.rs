@@ -33,13 +33,16 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
         progress,
         ..Default::default()
     };
+    // The runtime that carries the provider (onnxruntime-node for webgpu, ...).
+    let (library, package) = if args.predict {
+        Default::default()
+    } else {
+        lockstep::ort_runtime(None, &profile, &opts)?
+    };
     let ort = lockstep_ort::OrtOptions {
-        library: if args.predict {
-            Default::default()
-        } else {
-            opts.ort_library()?
-        },
+        library,
         threads: args.threads,
+        package: Some(package),
     };
     let report = lockstep_ort::inspect_placement(&dir, &ort, &profile, args.predict)?;
     println!("model: {}", dir.display());

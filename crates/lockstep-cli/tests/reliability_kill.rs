@@ -279,7 +279,7 @@ fn check_cache(home: &Path, m: &ModelManifest) {
             "a partial tarball"
         );
     }
-    let model = cache.converted_dir(&m.name);
+    let model = cache.converted_dir(&m.name, lockstep_model::package::CONVERTER_VERSION);
     if model.exists() {
         ModelWeights::load(&model).unwrap_or_else(|e| panic!("a partial converted model: {e}"));
     }
@@ -322,7 +322,8 @@ fn killed_fetch_never_leaves_a_partial_file_and_the_next_run_recovers() {
     check_cache(&home, &m);
     let cache = Cache::new(&home);
     assert!(cache.sources_dir(&m.name).join(&m.gguf.file).is_file());
-    ModelWeights::load(&cache.converted_dir(&m.name)).unwrap();
+    ModelWeights::load(&cache.converted_dir(&m.name, lockstep_model::package::CONVERTER_VERSION))
+        .unwrap();
     let left = partials(&home);
     let _ = std::fs::remove_dir_all(&home);
     assert!(

@@ -78,9 +78,14 @@ impl Cache {
         self.root.join("runtimes").join(runtime_id)
     }
 
-    /// The converted model (written by the converter).
-    pub fn converted_dir(&self, model: &str) -> PathBuf {
-        self.root.join("models").join(model)
+    /// A converted model, kept per converter version (`models/v2/gemma3-270m`): two
+    /// lockstep builds whose converters differ each find their own conversion instead of
+    /// replacing each other's.
+    pub fn converted_dir(&self, model: &str, converter_version: u32) -> PathBuf {
+        self.root
+            .join("models")
+            .join(format!("v{converter_version}"))
+            .join(model)
     }
 
     /// Takes the cache-wide lock `locks/<name>.lock`, waiting for another process (or thread)

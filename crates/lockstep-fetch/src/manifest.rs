@@ -413,9 +413,9 @@ impl RuntimeManifest {
             .map(|r| format!("{} ({})", r.id, r.version))
             .collect();
         let what = match provider {
-            Some(p) if !same_version.is_empty() => format!(
-                "no runtime {spec} carries {p} on this platform; runtimes that do"
-            ),
+            Some(p) if !same_version.is_empty() => {
+                format!("no runtime {spec} carries {p} on this platform; runtimes that do")
+            }
             Some(p) => format!("unknown runtime '{spec}'; runtimes that carry {p} here"),
             None => format!("unknown runtime '{spec}'; known runtimes"),
         };
@@ -447,8 +447,7 @@ impl RuntimeManifest {
             (Registry::Pypi, Some(v)) => check(
                 origin,
                 v.split('.').count() == 2
-                    && v
-                        .split('.')
+                    && v.split('.')
                         .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
                 || format!("python_version '{v}' must look like 3.11"),
             )?,

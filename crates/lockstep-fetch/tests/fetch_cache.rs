@@ -68,7 +68,7 @@ fn cache_layout() {
         cache.runtime_dir("onnxruntime-1.31.1"),
         PathBuf::from("/c/runtimes/onnxruntime-1.31.1")
     );
-    assert_eq!(cache.converted_dir("m"), PathBuf::from("/c/models/m"));
+    assert_eq!(cache.converted_dir("m", 3), PathBuf::from("/c/models/v3/m"));
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Manifests: the compiled-in ones parse, hold the pinned facts, and bad keys are rejected.
 
+use lockstep_core::ModelConfig;
 use lockstep_fetch::manifest::{ModelManifest, RuntimeManifest};
 use lockstep_fetch::Error;
-use lockstep_core::ModelConfig;
 use std::path::PathBuf;
 
 fn repo_dir(sub: &str) -> PathBuf {
@@ -175,7 +175,9 @@ fn default_runtime_pins_four_platforms() {
         assert_eq!(rt.current_platform().unwrap(), linux);
     }
     let mac = rt.platform("macos", "aarch64").unwrap();
-    assert!(rt.providers_on(mac).contains(&"CoreMLExecutionProvider".to_string()));
+    assert!(rt
+        .providers_on(mac)
+        .contains(&"CoreMLExecutionProvider".to_string()));
 }
 
 #[test]
@@ -195,7 +197,9 @@ fn runtime_table_holds_every_package_and_one_default() {
     assert_eq!(all.iter().filter(|r| r.default).count(), 1);
     let node = RuntimeManifest::find("onnxruntime-node-1.30.0", None).unwrap();
     assert_eq!(node.requirement(), "onnxruntime-node@1.30.0");
-    assert!(node.providers.contains(&"WebGpuExecutionProvider".to_string()));
+    assert!(node
+        .providers
+        .contains(&"WebGpuExecutionProvider".to_string()));
     // A version shared by two packages picks the one that carries the provider.
     let cpu = RuntimeManifest::find("1.31.1", Some("CPUExecutionProvider")).unwrap();
     assert_eq!(cpu.id, "onnxruntime-1.31.1");
@@ -237,7 +241,10 @@ fn every_runtime_toml_is_compiled_in() {
         .map(|s| s.to_string())
         .collect();
     ids.sort();
-    assert_eq!(files, ids, "every providers/runtime/*.toml must be in BUILTIN_RUNTIMES");
+    assert_eq!(
+        files, ids,
+        "every providers/runtime/*.toml must be in BUILTIN_RUNTIMES"
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Bumped whenever the graph or the weight layout changes, so that a cached conversion
 /// made by an older lockstep is rebuilt instead of trusted.
-pub const CONVERTER_VERSION: u32 = 1;
+pub const CONVERTER_VERSION: u32 = 2;
 
 /// How the weights were quantized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

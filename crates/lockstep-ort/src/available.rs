@@ -82,17 +82,38 @@ pub fn library_version(library: &Path) -> String {
     read(library).unwrap_or_else(crate::runtime::version)
 }
 
-/// What to do to get a provider that this library lacks.
-pub fn how_to_get(profile: &ProviderProfile) -> &'static str {
+/// What to do to get a provider that this library lacks: the pinned runtimes that carry it
+/// here, else what would.
+pub fn how_to_get(profile: &ProviderProfile) -> String {
+    let carriers: Vec<String> = lockstep_fetch::manifest::RuntimeManifest::builtins()
+        .into_iter()
+        .filter(|r| r.carries_here(profile.ep_name()))
+        .map(|r| r.id)
+        .collect();
+    if !carriers.is_empty() {
+        return format!(
+            "runtimes that carry it here: {} (`{}` picks the first; `lockstep fetch --runtime ID`)",
+            carriers.join(", "),
+            profile.backend_id()
+        );
+    }
     match profile.kind() {
-        EpKind::Cpu(_) => "every ONNX Runtime has it",
+        EpKind::Cpu(_) => "every ONNX Runtime has it".into(),
         EpKind::CoreMl(_) => {
-            "CoreML needs macOS and an ONNX Runtime built with it (the official macOS arm64 onnxruntime wheel, which `lockstep fetch` downloads on a Mac)"
+            "CoreML needs macOS on Apple silicon (the official macOS arm64 onnxruntime wheel carries it)".into()
         }
         EpKind::Cuda(_) => {
-            "point ORT_DYLIB_PATH at an onnxruntime-gpu build on a machine with an NVIDIA GPU, CUDA 12 and cuDNN 9"
+            "CUDA needs Linux x86-64 (onnxruntime-gpu), an NVIDIA GPU, CUDA 13 and cuDNN 9".into()
         }
-        EpKind::Xnnpack(_) => "point ORT_DYLIB_PATH at an ONNX Runtime built with --use_xnnpack",
+        EpKind::Xnnpack(_) => {
+            "no registry package ships it: point --ort-library at an ONNX Runtime built with --use_xnnpack".into()
+        }
+        EpKind::WebGpu(_) => {
+            "no pinned runtime carries WebGPU for this platform (npm onnxruntime-node covers linux x86-64/arm64, macOS arm64, Windows x86-64)".into()
+        }
+        EpKind::OpenVino(_) => {
+            "no pinned runtime carries OpenVINO for this platform (PyPI onnxruntime-openvino covers linux x86-64)".into()
+        }
     }
 }
 
@@ -122,7 +143,7 @@ pub fn availability(profile: &ProviderProfile, env: &Environment) -> Availabilit
             ),
         };
     }
-    let registered = profile.dispatch().and_then(|ep| {
+    let registered = profile.dispatch(None).and_then(|ep| {
         ort::session::Session::builder(env)
             .and_then(|b| {
                 b.with_auto_device(AutoDevicePolicy::PreferCPU)

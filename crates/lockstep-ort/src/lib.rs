@@ -2,6 +2,7 @@
 //! lockstep session, the execution provider chosen by a profile.
 
 pub mod available;
+pub mod host;
 pub mod placement;
 pub mod profile;
 mod runtime;
@@ -21,7 +22,9 @@ pub use available::{
 };
 pub use placement::{Method, PlacementReport};
 pub use profile::ProviderProfile;
-pub use runtime::version as runtime_version;
+pub use runtime::{
+    loaded_library, minimum_version, probe as probe_library, version as runtime_version,
+};
 
 /// How to build the ONNX Runtime session.
 #[derive(Debug, Clone)]
@@ -30,6 +33,18 @@ pub struct OrtOptions {
     pub library: PathBuf,
     /// Intra-op threads; `None` lets ONNX Runtime use one per physical core.
     pub threads: Option<usize>,
+    /// Where the library came from, for reports: `onnxruntime 1.32.0 (PyPI)`.
+    pub package: Option<String>,
+}
+
+impl OrtOptions {
+    pub fn new(library: impl Into<PathBuf>) -> Self {
+        Self {
+            library: library.into(),
+            threads: None,
+            package: None,
+        }
+    }
 }
 
 /// Which provider profile to run on, and what may replace it when it cannot run here.
@@ -58,6 +73,8 @@ pub struct OrtBackend {
     info: BackendInfo,
     fallback: Option<String>,
     cpu_nodes: Option<String>,
+    /// Where sessions keep their KV cache.
+    kv: session::KvMemory,
 }
 
 pub(crate) fn runtime_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
@@ -81,7 +98,7 @@ fn build_session(
         .map_err(&err)?
         .with_auto_device(AutoDevicePolicy::PreferCPU)
         .map_err(|e| err(e.into()))?
-        .with_execution_providers([profile.dispatch()?])
+        .with_execution_providers([profile.dispatch(threads)?])
         .map_err(|e| {
             Error::Runtime(format!(
                 "ONNX Runtime cannot register {} for the {} profile: {e}",
@@ -192,11 +209,49 @@ impl OrtBackend {
         };
         let mut device = match profile.kind() {
             profile::EpKind::Cpu(_) => format!("CPU ({threads})"),
+            profile::EpKind::WebGpu(o) => format!(
+                "GPU through Dawn ({}), KV cache in {} memory; CPU ops on {threads}",
+                match o.dawn_backend {
+                    Some(profile::DawnBackend::Vulkan) => "Vulkan",
+                    Some(profile::DawnBackend::D3D12) => "D3D12",
+                    None if cfg!(target_os = "macos") => "Metal",
+                    None if cfg!(windows) => "D3D12",
+                    None => "Vulkan",
+                },
+                if o.kv_cache == profile::KvPlacement::Device {
+                    "GPU"
+                } else {
+                    "host"
+                }
+            ),
+            profile::EpKind::Cuda(o) => format!(
+                "NVIDIA GPU {} (CUDA), KV cache in {} memory; CPU ops on {threads}",
+                o.device_id,
+                if o.kv_cache == profile::KvPlacement::Device {
+                    "GPU"
+                } else {
+                    "host"
+                }
+            ),
+            profile::EpKind::OpenVino(o) => format!(
+                "OpenVINO device {}{}",
+                o.device_type,
+                o.precision
+                    .as_deref()
+                    .map(|p| format!(", precision {p}"))
+                    .unwrap_or_default()
+            ),
             _ => format!(
                 "{} with CPU fallback for unsupported nodes ({threads})",
                 profile.ep_name()
             ),
         };
+        let kv = match (profile.kind(), profile.kv_placement()) {
+            (profile::EpKind::WebGpu(_), profile::KvPlacement::Device) => session::KvMemory::WebGpu,
+            (profile::EpKind::Cuda(_), profile::KvPlacement::Device) => session::KvMemory::Cuda,
+            _ => session::KvMemory::Host,
+        };
+        let version = available::library_version(&opts.library);
         if let Some(note) = &fallback {
             device = format!("{device}; fallback: {note}");
         }
@@ -209,16 +264,27 @@ impl OrtBackend {
             config: package.manifest.config.clone(),
             info: BackendInfo {
                 id: profile.backend_id(),
-                runtime: format!("ONNX Runtime {}", available::library_version(&opts.library)),
+                runtime: format!("ONNX Runtime {version}"),
                 device,
                 precision: format!(
-                    "int4 weights (int8 embedding), accuracy_level {}",
-                    package.manifest.quantization.accuracy_level
+                    "int4 weights (int8 embedding), accuracy_level {}; {}",
+                    package.manifest.quantization.accuracy_level,
+                    profile
+                        .numerics
+                        .as_deref()
+                        .unwrap_or("the provider's own numerics")
                 ),
-                ..Default::default()
+                package: Some(
+                    opts.package
+                        .clone()
+                        .unwrap_or_else(|| format!("library {}", opts.library.display())),
+                ),
+                provider: Some(profile.ep_name().to_string()),
+                process: None,
             },
             fallback,
             cpu_nodes,
+            kv,
         })
     }
 
@@ -290,6 +356,7 @@ fn measure(
         },
         fallback: None,
         cpu_nodes: None,
+        kv: session::KvMemory::Host,
     };
     let bos = backend.config.bos_token_id;
     pollster::block_on(async {
@@ -342,6 +409,7 @@ impl Backend for OrtBackend {
             Arc::clone(&self.session),
             self.config.clone(),
             opts.max_tokens,
+            self.kv,
         )?))
     }
 }

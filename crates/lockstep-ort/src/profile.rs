@@ -8,18 +8,24 @@ use std::path::{Path, PathBuf};
 
 use lockstep_core::{Error, Result};
 use ort::ep::{self, ExecutionProvider, ExecutionProviderDispatch};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The compiled-in profiles, so that the binary works from any directory.
-const BUILTIN: [(&str, &str); 4] = [
+const BUILTIN: [(&str, &str); 7] = [
     ("cpu", include_str!("../../../providers/cpu.toml")),
-    ("coreml", include_str!("../../../providers/coreml.toml")),
+    ("webgpu", include_str!("../../../providers/webgpu.toml")),
+    ("openvino", include_str!("../../../providers/openvino.toml")),
+    (
+        "openvino_accuracy",
+        include_str!("../../../providers/openvino_accuracy.toml"),
+    ),
     ("cuda", include_str!("../../../providers/cuda.toml")),
+    ("coreml", include_str!("../../../providers/coreml.toml")),
     ("xnnpack", include_str!("../../../providers/xnnpack.toml")),
 ];
 
 /// One execution provider and how to configure it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderProfile {
     /// Short name: `--provider NAME`, and the backend id `ort-NAME`.
@@ -30,6 +36,11 @@ pub struct ProviderProfile {
     pub coreml: Option<CoreMlOptions>,
     pub cuda: Option<CudaOptions>,
     pub xnnpack: Option<XnnpackOptions>,
+    pub webgpu: Option<WebGpuOptions>,
+    pub openvino: Option<OpenVinoOptions>,
+    /// The numeric mode the provider computes in, in words, for reports (`f32`, or what
+    /// differs from the CPU provider's f32 reference).
+    pub numerics: Option<String>,
     /// What the provider declares it can run (for predicted placement).
     pub support: OpSupport,
     /// "built-in" or the file the profile came from.
@@ -37,7 +48,7 @@ pub struct ProviderProfile {
     pub source: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpuOptions {
     /// `ep::CPU::with_arena_allocator`.
@@ -49,13 +60,13 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 pub enum ModelFormat {
     MLProgram,
     NeuralNetwork,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 pub enum ComputeUnits {
     All,
     CPUAndNeuralEngine,
@@ -63,13 +74,13 @@ pub enum ComputeUnits {
     CPUOnly,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 pub enum SpecializationStrategy {
     Default,
     FastPrediction,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoreMlOptions {
     /// `ep::CoreML::with_model_format`.
@@ -93,7 +104,7 @@ pub struct CoreMlOptions {
     pub profile_compute_plan: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CudaOptions {
     /// `ep::CUDA::with_device_id`.
@@ -107,18 +118,95 @@ pub struct CudaOptions {
     /// `with_cuda_graph`.
     #[serde(default)]
     pub cuda_graph: bool,
+    /// Where the KV cache lives between steps: `device` (CUDA memory, bound in place) or
+    /// `host`.
+    #[serde(default = "device_kv")]
+    pub kv_cache: KvPlacement,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct XnnpackOptions {
     /// `ep::XNNPACK::with_intra_op_num_threads`.
     pub intra_op_num_threads: Option<NonZeroUsize>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum DawnBackend {
+    Vulkan,
+    D3D12,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum WebGpuValidation {
+    Disabled,
+    WgpuOnly,
+    Basic,
+    Full,
+}
+
+/// ONNX Runtime's WebGPU execution provider (Dawn).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebGpuOptions {
+    /// `dawnBackendType`: unset lets Dawn choose (Vulkan on Linux, Metal on macOS, D3D12
+    /// on Windows).
+    pub dawn_backend: Option<DawnBackend>,
+    /// `deviceId`.
+    pub device_id: Option<i32>,
+    /// `validationMode`: Dawn's API validation; `disabled` is fastest.
+    pub validation: Option<WebGpuValidation>,
+    /// Where the KV cache lives between steps: `device` (WebGPU buffers, bound in place:
+    /// no host round trip per step) or `host`.
+    #[serde(default = "device_kv")]
+    pub kv_cache: KvPlacement,
+    /// Further provider options, passed to ONNX Runtime verbatim.
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+/// ONNX Runtime's OpenVINO execution provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenVinoOptions {
+    /// `device_type`: `CPU`, `GPU`, `NPU`, `GPU.0`, `AUTO:GPU,CPU`, `HETERO:GPU,CPU`.
+    pub device_type: String,
+    /// `precision`: `FP32`, `FP16` or `ACCURACY` (OpenVINO's execution-mode hint).
+    pub precision: Option<String>,
+    /// `num_of_threads`; unset: lockstep's --threads, else OpenVINO's default.
+    pub num_threads: Option<usize>,
+    /// `num_streams`.
+    pub num_streams: Option<u8>,
+    /// `cache_dir`: compiled models are cached here, so a second load skips the compile;
+    /// `{cache}` is lockstep's cache directory.
+    pub cache_dir: Option<String>,
+    /// `load_config`: OpenVINO properties per device, e.g.
+    /// `{ CPU = { INFERENCE_PRECISION_HINT = "f32" } }`, passed as JSON.
+    #[serde(default)]
+    pub load_config: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Further provider options, passed to ONNX Runtime verbatim.
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+/// Where an execution provider's session keeps the KV cache between steps.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KvPlacement {
+    /// In host memory, one buffer per layer bound as both past and present.
+    Host,
+    /// In the provider's device memory, bound the same way.
+    Device,
+}
+
+fn device_kv() -> KvPlacement {
+    KvPlacement::Device
+}
+
 /// The ops a provider declares it runs. Ops are written `OpType` for the standard ONNX
 /// domain and `domain.OpType` otherwise (`com.microsoft.MatMulNBits`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpSupport {
     /// Every op (the CPU provider, which has a kernel for everything).
@@ -140,6 +228,8 @@ pub enum EpKind<'a> {
     CoreMl(&'a CoreMlOptions),
     Cuda(&'a CudaOptions),
     Xnnpack(&'a XnnpackOptions),
+    WebGpu(&'a WebGpuOptions),
+    OpenVino(&'a OpenVinoOptions),
 }
 
 impl ProviderProfile {
@@ -196,10 +286,12 @@ impl ProviderProfile {
             p.coreml.is_some(),
             p.cuda.is_some(),
             p.xnnpack.is_some(),
+            p.webgpu.is_some(),
+            p.openvino.is_some(),
         ];
         if sections.iter().filter(|s| **s).count() != 1 {
             return Err(Error::InvalidInput(format!(
-                "provider profile {source}: needs exactly one provider section ([cpu], [coreml], [cuda] or [xnnpack])"
+                "provider profile {source}: needs exactly one provider section ([cpu], [webgpu], [openvino], [cuda], [coreml] or [xnnpack])"
             )));
         }
         if p.name.is_empty()
@@ -217,12 +309,20 @@ impl ProviderProfile {
     }
 
     pub fn kind(&self) -> EpKind<'_> {
-        match (&self.cpu, &self.coreml, &self.cuda, &self.xnnpack) {
-            (Some(o), ..) => EpKind::Cpu(o),
-            (_, Some(o), ..) => EpKind::CoreMl(o),
-            (_, _, Some(o), _) => EpKind::Cuda(o),
-            (.., Some(o)) => EpKind::Xnnpack(o),
-            _ => unreachable!("checked at parse time"),
+        if let Some(o) = &self.cpu {
+            EpKind::Cpu(o)
+        } else if let Some(o) = &self.coreml {
+            EpKind::CoreMl(o)
+        } else if let Some(o) = &self.cuda {
+            EpKind::Cuda(o)
+        } else if let Some(o) = &self.xnnpack {
+            EpKind::Xnnpack(o)
+        } else if let Some(o) = &self.webgpu {
+            EpKind::WebGpu(o)
+        } else if let Some(o) = &self.openvino {
+            EpKind::OpenVino(o)
+        } else {
+            unreachable!("checked at parse time")
         }
     }
 
@@ -233,6 +333,17 @@ impl ProviderProfile {
             EpKind::CoreMl(_) => ep::CoreML::NAME,
             EpKind::Cuda(_) => ep::CUDA::NAME,
             EpKind::Xnnpack(_) => ep::XNNPACK::NAME,
+            EpKind::WebGpu(_) => ep::WebGPU::NAME,
+            EpKind::OpenVino(_) => ep::OpenVINO::NAME,
+        }
+    }
+
+    /// Where the session keeps the KV cache between steps.
+    pub fn kv_placement(&self) -> KvPlacement {
+        match self.kind() {
+            EpKind::WebGpu(o) => o.kv_cache,
+            EpKind::Cuda(o) => o.kv_cache,
+            _ => KvPlacement::Host,
         }
     }
 
@@ -240,9 +351,10 @@ impl ProviderProfile {
         matches!(self.kind(), EpKind::Cpu(_))
     }
 
-    /// The backend id: `ort-cpu`, `ort-coreml`.
+    /// The backend id: `ort-cpu`, `ort-coreml`, `ort-openvino-accuracy` (a `_` in the
+    /// profile name is a `-` in the id).
     pub fn backend_id(&self) -> String {
-        format!("ort-{}", self.name)
+        format!("ort-{}", self.name.replace('_', "-"))
     }
 
     /// Whether the provider only takes nodes whose input shapes are static.
@@ -252,7 +364,7 @@ impl ProviderProfile {
 
     /// The `ort` provider, configured from the profile; registration errors are errors,
     /// never a silent fall back to the CPU.
-    pub fn dispatch(&self) -> Result<ExecutionProviderDispatch> {
+    pub fn dispatch(&self, threads: Option<usize>) -> Result<ExecutionProviderDispatch> {
         let d = match self.kind() {
             EpKind::Cpu(o) => ep::CPU::default()
                 .with_arena_allocator(o.arena_allocator)
@@ -308,6 +420,62 @@ impl ProviderProfile {
                 let mut b = ep::XNNPACK::default();
                 if let Some(n) = o.intra_op_num_threads {
                     b = b.with_intra_op_num_threads(n);
+                }
+                b.build()
+            }
+            EpKind::WebGpu(o) => {
+                use ep::ArbitrarilyConfigurableExecutionProvider;
+                let mut b = ep::WebGPU::default();
+                if let Some(d) = o.dawn_backend {
+                    b = b.with_dawn_backend_type(match d {
+                        DawnBackend::Vulkan => ep::webgpu::DawnBackendType::Vulkan,
+                        DawnBackend::D3D12 => ep::webgpu::DawnBackendType::D3D12,
+                    });
+                }
+                if let Some(id) = o.device_id {
+                    b = b.with_device_id(id);
+                }
+                if let Some(v) = o.validation {
+                    b = b.with_validation_mode(match v {
+                        WebGpuValidation::Disabled => ep::webgpu::ValidationMode::Disabled,
+                        WebGpuValidation::WgpuOnly => ep::webgpu::ValidationMode::WgpuOnly,
+                        WebGpuValidation::Basic => ep::webgpu::ValidationMode::Basic,
+                        WebGpuValidation::Full => ep::webgpu::ValidationMode::Full,
+                    });
+                }
+                for (k, v) in &o.extra {
+                    b = b.with_arbitrary_config(k, v);
+                }
+                b.build()
+            }
+            EpKind::OpenVino(o) => {
+                use ep::ArbitrarilyConfigurableExecutionProvider;
+                let mut b = ep::OpenVINO::default().with_device_type(&o.device_type);
+                if let Some(p) = &o.precision {
+                    b = b.with_precision(p);
+                }
+                if let Some(n) = o.num_threads.or(threads) {
+                    b = b.with_num_threads(n);
+                }
+                if let Some(n) = o.num_streams {
+                    b = b.with_num_streams(n);
+                }
+                if let Some(dir) = &o.cache_dir {
+                    let dir = expand_cache(dir)?;
+                    lockstep_fetch::cache::create_dir_all(&dir)?;
+                    b = b.with_cache_dir(dir.display());
+                }
+                if !o.load_config.is_empty() {
+                    let json = serde_json::to_string(&o.load_config).map_err(|e| {
+                        Error::InvalidInput(format!(
+                            "provider profile {}: load_config: {e}",
+                            self.source
+                        ))
+                    })?;
+                    b = b.with_arbitrary_config("load_config", json);
+                }
+                for (k, v) in &o.extra {
+                    b = b.with_arbitrary_config(k, v);
                 }
                 b.build()
             }

@@ -6,6 +6,10 @@
 //! sides and writes the new keys in place (onnxruntime-genai's "past_present_share_buffer"
 //! mode), so a step neither copies the cache through Rust nor concatenates it inside
 //! ONNX Runtime; the attention mask's length tells it how many positions are valid.
+//!
+//! Under a GPU provider (WebGPU, CUDA) the buffers are allocated in the provider's device
+//! memory, so the cache never crosses to the host: a step uploads its token ids and reads
+//! back only the logits it was asked for.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +19,7 @@ use lockstep_model::convert::{
     past_key, past_value, present_key, present_value, ATTENTION_MASK, INPUT_IDS, LOGITS,
     LOGITS_TO_KEEP,
 };
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::IoBinding;
 use ort::value::{DynValue, Tensor};
 
@@ -45,23 +49,56 @@ fn lock(
     })
 }
 
+/// Where a session's KV buffers are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KvMemory {
+    Host,
+    WebGpu,
+    Cuda,
+}
+
+impl KvMemory {
+    fn device(self) -> Option<AllocationDevice<'static>> {
+        match self {
+            KvMemory::Host => None,
+            KvMemory::WebGpu => Some(AllocationDevice::WEBGPU_BUFFER),
+            KvMemory::Cuda => Some(AllocationDevice::CUDA),
+        }
+    }
+}
+
 impl OrtSession {
     pub(crate) fn new(
         session: Arc<Mutex<ort::session::Session>>,
         config: ModelConfig,
         max_tokens: usize,
+        kv: KvMemory,
     ) -> Result<Self> {
         let err = runtime_err("cannot allocate the KV cache");
         let (binding, cache, cpu) = {
             let guard = lock(&session)?;
             let mut binding = guard.create_binding().map_err(&err)?;
             let shape = [1usize, config.num_kv_heads, max_tokens, config.head_dim];
+            let device_allocator = match kv.device() {
+                None => None,
+                Some(device) => {
+                    let info =
+                        MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::Default)
+                            .map_err(&err)?;
+                    Some(Allocator::new(&guard, info).map_err(|e| {
+                        Error::Runtime(format!(
+                            "ONNX Runtime cannot allocate the KV cache in {kv:?} device memory: {e}"
+                        ))
+                    })?)
+                }
+            };
+            let allocator = device_allocator.as_ref().unwrap_or(guard.allocator());
             let mut cache = Vec::with_capacity(config.num_layers);
             for l in 0..config.num_layers {
-                let mut k = Tensor::<f32>::new(guard.allocator(), shape)
+                let mut k = Tensor::<f32>::new(allocator, shape)
                     .map_err(&err)?
                     .into_dyn();
-                let mut v = Tensor::<f32>::new(guard.allocator(), shape)
+                let mut v = Tensor::<f32>::new(allocator, shape)
                     .map_err(&err)?
                     .into_dyn();
                 binding.bind_input(past_key(l), &k).map_err(&err)?;

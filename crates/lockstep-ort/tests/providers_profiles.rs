@@ -11,12 +11,32 @@ fn builtins_parse_and_build() {
         .into_iter()
         .map(|p| {
             // Every option maps onto the provider's builder.
-            p.dispatch().expect("the profile builds an ort provider");
-            assert_eq!(p.backend_id(), format!("ort-{}", p.name));
+            p.dispatch(None)
+                .expect("the profile builds an ort provider");
+            assert_eq!(p.backend_id(), format!("ort-{}", p.name.replace('_', "-")));
             p.name
         })
         .collect();
-    assert_eq!(names, ["cpu", "coreml", "cuda", "xnnpack"]);
+    assert_eq!(
+        names,
+        [
+            "cpu",
+            "webgpu",
+            "openvino",
+            "openvino_accuracy",
+            "cuda",
+            "coreml",
+            "xnnpack"
+        ]
+    );
+    assert_eq!(
+        ProviderProfile::resolve("webgpu").unwrap().ep_name(),
+        "WebGpuExecutionProvider"
+    );
+    assert_eq!(
+        ProviderProfile::resolve("openvino").unwrap().ep_name(),
+        "OpenVINOExecutionProvider"
+    );
     assert_eq!(ProviderProfile::cpu().ep_name(), "CPUExecutionProvider");
     assert_eq!(
         ProviderProfile::resolve("coreml").unwrap().ep_name(),

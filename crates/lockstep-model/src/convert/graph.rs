@@ -184,31 +184,32 @@ pub fn write_model(
     )?;
     init.add_i64("const_hidden_shape", &[3], &[0, 0, c.hidden_size as i64])?;
     init.add_i64("const_last_axis", &[1], &[-1])?;
-    init.add_raw("const_u8_15", data_type::UINT8, &[], &[15])?;
-    init.add_raw("const_u8_4", data_type::UINT8, &[], &[4])?;
     init.add_f32("const_16", &[], &[16.0])?;
+    init.add_f32("const_one_16th", &[], &[0.0625])?;
+    // The nibbles are split with float arithmetic, exact for bytes (x / 16 is a power-of-two
+    // scaling, its floor and x - 16 * floor(x / 16) are integers below 256), rather than
+    // BitShift/BitwiseAnd: OpenVINO 2025.4 lowers a uint8 BitShift after this Gather to a
+    // rounded division (11 >> 4 gave 1), which corrupted every embedding row it computed.
     let unpack = |g: &mut GraphBuilder, table: &str| -> String {
         let rows = g.op(
             "Gather",
             &[&names::qweight(table), INPUT_IDS],
             vec![("axis", Attr::Int(0))],
         );
-        let low = g.op("BitwiseAnd", &[&rows, "const_u8_15"], vec![]);
-        let high = g.op(
-            "BitShift",
-            &[&rows, "const_u8_4"],
-            vec![("direction", Attr::Str("RIGHT".into()))],
+        let rows = g.op(
+            "Cast",
+            &[&rows],
+            vec![("to", Attr::Int(data_type::FLOAT as i64))],
         );
+        let scaled = g.op("Mul", &[&rows, "const_one_16th"], vec![]);
+        let high = g.op("Floor", &[&scaled], vec![]);
+        let high16 = g.op("Mul", &[&high, "const_16"], vec![]);
+        let low = g.op("Sub", &[&rows, &high16], vec![]);
         let low = g.op("Unsqueeze", &[&low, "const_last_axis"], vec![]);
         let high = g.op("Unsqueeze", &[&high, "const_last_axis"], vec![]);
         // Low nibble first: element 2j, then 2j + 1.
         let pairs = g.op("Concat", &[&low, &high], vec![("axis", Attr::Int(-1))]);
-        let codes = g.op("Reshape", &[&pairs, "const_codes_shape"], vec![]);
-        g.op(
-            "Cast",
-            &[&codes],
-            vec![("to", Attr::Int(data_type::FLOAT as i64))],
-        )
+        g.op("Reshape", &[&pairs, "const_codes_shape"], vec![])
     };
     let (code, scales) = if split {
         let hi_codes = unpack(&mut g, names::EMBED_HI);
@@ -399,7 +400,10 @@ pub fn write_model(
 
     let initializers = init.finish()?;
     let model = model_proto(doc.into(), g.finish("gemma3_text", initializers));
-    lockstep_fetch::cache::atomic_write(dir.join(MODEL_FILE), &prost::Message::encode_to_vec(&model))
+    lockstep_fetch::cache::atomic_write(
+        dir.join(MODEL_FILE),
+        &prost::Message::encode_to_vec(&model),
+    )
 }
 
 /// A model around `graph` with lockstep's opsets (ONNX 21, com.microsoft 1) and producer.

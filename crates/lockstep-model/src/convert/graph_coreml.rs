@@ -129,7 +129,10 @@ pub fn write_model(
             format!("{doc} (coreml variant, {seq} token(s) per step, {cache}-position cache)"),
             g.finish("gemma3_text_static", initializers.clone()),
         );
-        lockstep_fetch::cache::atomic_write(dir.join(file), &prost::Message::encode_to_vec(&model))?;
+        lockstep_fetch::cache::atomic_write(
+            dir.join(file),
+            &prost::Message::encode_to_vec(&model),
+        )?;
     }
     Ok(())
 }

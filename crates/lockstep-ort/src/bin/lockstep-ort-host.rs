@@ -1,0 +1,20 @@
+//! `lockstep-ort-host`: serves one ONNX Runtime backend to a lockstep process over its
+//! stdin and stdout. Started by lockstep when a run needs a second ONNX Runtime library
+//! (another version, or the build that carries another execution provider); not meant to
+//! be run by hand.
+
+fn main() -> std::process::ExitCode {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!(
+            "lockstep-ort-host serves an ONNX Runtime backend to lockstep over a pipe; lockstep starts it when a run needs a second ONNX Runtime library. Nothing to do here."
+        );
+        return std::process::ExitCode::from(2);
+    }
+    match lockstep_ort::host::host_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockstep-ort-host: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
