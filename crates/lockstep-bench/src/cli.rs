@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use lockstep::{resolve_model, BackendKind, LoadOptions, Result};
+use lockstep::{resolve_model, BackendSpec, LoadOptions, Result};
 
 use crate::{bench_backend, chart, prompt_ids, BenchReport, BenchSpec, Machine};
 
@@ -49,7 +49,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     let kinds = args
         .backends
         .iter()
-        .map(|b| b.trim().parse::<BackendKind>())
+        .map(|b| b.trim().parse::<BackendSpec>())
         .collect::<Result<Vec<_>>>()?;
     let mut machine = Machine::current();
     let progress = |msg: &str| eprintln!("lockstep bench: {msg}");
@@ -73,7 +73,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     // compete for cores nor share a peak-memory figure.
     let results = kinds
         .iter()
-        .map(|&k| bench_backend(k, &spec, &progress))
+        .map(|k| bench_backend(k, &spec, &progress))
         .collect();
     machine.load_avg_end = crate::mem::load_avg();
     let bos = lockstep_model_bos(&model_dir);

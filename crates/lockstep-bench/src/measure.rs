@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lockstep::{
-    load_backend, Backend, BackendKind, Error, LoadOptions, Result, SessionOptions, Want,
-};
+use lockstep::{load_spec, Backend, BackendSpec, Error, LoadOptions, Result, SessionOptions, Want};
 use pollster::block_on;
 
 use crate::report::{BackendResult, Status};
@@ -28,16 +26,16 @@ pub struct BenchSpec {
 /// Loads `kind` and measures it. Never fails: a backend that cannot load is reported as
 /// unavailable with the reason, one that fails while running as failed.
 pub fn bench_backend(
-    kind: BackendKind,
+    kind: &BackendSpec,
     spec: &BenchSpec,
     progress: &dyn Fn(&str),
 ) -> BackendResult {
-    let mut result = BackendResult::new(kind.id());
+    let mut result = BackendResult::new(&kind.id());
     mem::reset_peak();
     let rss_before = mem::rss();
     progress(&format!("{kind}: loading {}", spec.model_dir.display()));
     let t = Instant::now();
-    let backend = match load_backend(kind, &spec.model_dir, &spec.load) {
+    let backend = match load_spec(kind, &spec.model_dir, &spec.load) {
         Ok(b) => b,
         Err(e) => {
             progress(&format!("{kind}: unavailable: {e}"));
@@ -53,7 +51,7 @@ pub fn bench_backend(
     result.info = Some(backend.info());
     progress(&format!(
         "{kind}: {} on {}, loaded in {:.2} s",
-        backend.info().runtime,
+        backend.info().runtime_label(),
         backend.info().device,
         t.elapsed().as_secs_f64()
     ));
@@ -62,11 +60,20 @@ pub fn bench_backend(
         result.status = Status::Failed;
         result.reason = Some(e.to_string());
     }
-    result.peak_rss_bytes = mem::peak_rss();
-    result.rss_delta_bytes = match (result.peak_rss_bytes, rss_before) {
-        (Some(peak), Some(before)) => Some(peak.saturating_sub(before)),
-        _ => None,
-    };
+    match backend.host_process() {
+        // A backend in a host process of its own: that whole process is its footprint.
+        Some(pid) => {
+            result.peak_rss_bytes = mem::peak_rss_of(pid);
+            result.rss_delta_bytes = result.peak_rss_bytes;
+        }
+        None => {
+            result.peak_rss_bytes = mem::peak_rss();
+            result.rss_delta_bytes = match (result.peak_rss_bytes, rss_before) {
+                (Some(peak), Some(before)) => Some(peak.saturating_sub(before)),
+                _ => None,
+            };
+        }
+    }
     result
 }
 

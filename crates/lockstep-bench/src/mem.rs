@@ -1,7 +1,11 @@
 //! Process memory from /proc/self/status (Linux); `None` elsewhere.
 
 fn status_kib(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_kib_of("self", key)
+}
+
+fn status_kib_of(process: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
     line[key.len()..]
         .trim()
@@ -19,6 +23,11 @@ pub fn rss() -> Option<u64> {
 /// Peak resident set size since the last [`reset_peak`], in bytes.
 pub fn peak_rss() -> Option<u64> {
     status_kib("VmHWM:").map(|k| k * 1024)
+}
+
+/// Peak resident set size of another process (a backend's host process), in bytes.
+pub fn peak_rss_of(pid: u32) -> Option<u64> {
+    status_kib_of(&pid.to_string(), "VmHWM:").map(|k| k * 1024)
 }
 
 /// Resets VmHWM to the current RSS (Linux >= 4.0), so that each backend's peak is its own

@@ -102,6 +102,7 @@ impl BenchReport {
         let tg = format!("tg{} t/s", self.gen_tokens);
         let header = [
             "backend",
+            "runtime",
             "device",
             &pp,
             &tg,
@@ -122,7 +123,13 @@ impl BenchReport {
             let show = |s: &Option<Stats>, d| s.as_ref().map_or("-".into(), |s| s.show(d));
             rows.push(vec![
                 r.backend.clone(),
-                r.info.as_ref().map_or("-".into(), |i| i.device.clone()),
+                r.info
+                    .as_ref()
+                    .map_or("-".into(), BackendInfo::runtime_label),
+                r.info.as_ref().map_or("-".into(), |i| match &i.process {
+                    Some(p) => format!("{} ({p})", i.device),
+                    None => i.device.clone(),
+                }),
                 show(&r.pp, 1),
                 show(&r.tg, 1),
                 show(&r.ttft_ms, 0),

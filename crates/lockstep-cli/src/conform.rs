@@ -15,8 +15,10 @@ pub struct ConformArgs {
     /// --bless: every built-in model that has golden files].
     #[arg(long, short)]
     pub model: Option<String>,
-    /// Backends to check, comma-separated. One this machine cannot run is reported as
-    /// unavailable, never as passed.
+    /// Backends to check, comma-separated: ort-cpu, ort-webgpu, ort-openvino, gpu, ... An
+    /// ONNX Runtime backend takes a runtime after a colon (ort-cpu:1.32.0 checks an upgrade
+    /// against the pinned one) and another conversion after an @ (ort-cpu@gemma3-270m-int8act).
+    /// One this machine cannot run is reported as unavailable, never as passed.
     #[arg(long, short, value_delimiter = ',', default_value = "ort-cpu,gpu")]
     pub backends: Vec<String>,
     /// A suite name under <conformance dir>/suites, or a path to a suite file.
@@ -44,6 +46,14 @@ pub struct ConformArgs {
     /// CPU threads for ONNX Runtime.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The backend the others are compared with and that the golden files check
+    /// [default: the suite's, ort-cpu]; e.g. ort-cpu:1.32.0 to hold a new runtime itself to
+    /// the committed golden tokens.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Also write the report as JUnit XML to FILE, for CI systems to display.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 fn load_suite(args: &ConformArgs, dir: &std::path::Path) -> Result<Suite> {
@@ -104,6 +114,9 @@ pub fn conform(args: ConformArgs) -> Result<ExitCode> {
     if !args.prompts.is_empty() {
         suite.select(&args.prompts)?;
     }
+    if let Some(r) = &args.reference {
+        suite.reference = r.clone();
+    }
     let name = args.model.clone().unwrap_or_else(|| "gemma3-270m".into());
     let model = open(&name, args.threads)?;
     let golden = golden_name(&name, &model);
@@ -117,6 +130,10 @@ pub fn conform(args: ConformArgs) -> Result<ExitCode> {
         println!("{}", report.to_json());
     } else {
         println!("{}", report.to_markdown());
+    }
+    if let Some(path) = &args.junit {
+        lockstep_fetch::cache::atomic_write(path, report.to_junit().as_bytes())?;
+        eprintln!("conform: wrote JUnit XML to {}", path.display());
     }
     let failed = !report.passed() || (args.strict && !report.unavailable().is_empty());
     Ok(if failed {

@@ -1,12 +1,12 @@
-//! `lockstep demo`: stream one prompt on the default backend, then run the same prompt
-//! on every backend this machine has and show that the tokens are identical.
+//! `lockstep demo`: stream one prompt on the first backend, then run the same prompt on
+//! the others and show that the tokens are identical.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use lockstep::{BackendKind, Event, GenerateOptions, Generator, LoadOptions, Model, Output};
+use lockstep::{Event, GenerateOptions, Generator, LoadOptions, Model, Output};
 use lockstep_core::Result;
 
 #[derive(Args, Debug)]
@@ -17,9 +17,18 @@ pub struct DemoArgs {
     /// Greedy tokens to generate.
     #[arg(long, short = 'n', default_value_t = 32)]
     pub max_tokens: usize,
+    /// Backends to run, comma-separated; the first streams and is the one the others are
+    /// compared with. More: ort-webgpu, ort-openvino, ort-cpu:1.32.0, ort-cuda (each
+    /// fetches its runtime on first use; `lockstep providers` lists them).
+    #[arg(long, short, value_delimiter = ',', default_value = "ort-cpu,gpu")]
+    pub backends: Vec<String>,
     /// CPU threads for ONNX Runtime.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// An ONNX Runtime shared library for the ONNX Runtime backends (like ORT_DYLIB_PATH):
+    /// nothing is downloaded for them then.
+    #[arg(long)]
+    pub ort_library: Option<std::path::PathBuf>,
     /// The prompt; the base model continues it.
     #[arg(default_value = "The three primary colors are")]
     pub prompt: String,
@@ -28,6 +37,7 @@ pub struct DemoArgs {
 /// One row of the table.
 struct Row {
     backend: String,
+    runtime: String,
     device: String,
     /// `None` for the first backend (what the others are compared with).
     identical: Option<String>,
@@ -48,16 +58,25 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     let load = LoadOptions {
         threads: args.threads,
         progress: true,
+        ort_library: args.ort_library.clone(),
         ..Default::default()
+    };
+    let Some((first, others)) = args.backends.split_first() else {
+        return Err(lockstep_core::Error::InvalidInput(
+            "--backends names no backend".into(),
+        ));
     };
     let model = Model::open_with(&args.model, load)?;
     let opts = GenerateOptions::new().max_new_tokens(args.max_tokens);
-    let first = BackendKind::OrtCpu;
-    let generator = model.generator(first.id())?;
+    let generator = model.generator(first)?;
     let info = generator.backend().info();
     eprintln!(
-        "lockstep demo: {} on {} ({}), greedy, {} tokens",
-        args.model, info.id, info.device, args.max_tokens
+        "lockstep demo: {} on {} ({} on {}), greedy, {} tokens",
+        args.model,
+        info.id,
+        info.runtime_label(),
+        info.device,
+        args.max_tokens
     );
 
     // Stream on the default backend.
@@ -81,6 +100,7 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     println!("\n");
     let mut rows = vec![Row {
         backend: info.id.clone(),
+        runtime: info.runtime_label(),
         device: info.device.clone(),
         identical: None,
         decode: stats.and_then(|s| s.decode_tokens_per_second()),
@@ -88,9 +108,9 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
 
     // The same prompt on every other backend this machine can run.
     let mut all_identical = true;
-    for kind in BackendKind::ALL.into_iter().filter(|k| *k != first) {
-        eprintln!("lockstep demo: running the same prompt on {kind}...");
-        let row = match model.generator(kind.id()).and_then(|g| {
+    for id in others {
+        eprintln!("lockstep demo: running the same prompt on {id}...");
+        let row = match model.generator(id).and_then(|g| {
             let out = generate(&g, &args.prompt, opts.clone())?;
             Ok((g.backend().info(), out))
         }) {
@@ -102,14 +122,16 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
                 };
                 all_identical &= identical == "yes";
                 Row {
-                    backend: info.id,
+                    backend: info.id.clone(),
+                    runtime: info.runtime_label(),
                     device: info.device,
                     identical: Some(identical),
                     decode: out.stats.decode_tokens_per_second(),
                 }
             }
             Err(e) => Row {
-                backend: kind.id().to_string(),
+                backend: id.clone(),
+                runtime: "—".into(),
                 device: "—".into(),
                 identical: Some(format!("unavailable: {e}")),
                 decode: None,
@@ -118,12 +140,13 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         rows.push(row);
     }
 
-    println!("| backend | device | identical tokens | decode tok/s |");
-    println!("|---|---|---|---|");
+    println!("| backend | runtime | device | identical tokens | decode tok/s |");
+    println!("|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             r.backend,
+            r.runtime.replace('|', "\\|"),
             r.device.replace('|', "\\|"),
             r.identical
                 .as_deref()
@@ -135,7 +158,7 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "\nEvery prompt of the conformance suite, with logit statistics: lockstep conform --model {} --backends {}",
         args.model,
-        BackendKind::ALL.map(|k| k.id()).join(",")
+        args.backends.join(",")
     );
     Ok(if all_identical {
         ExitCode::SUCCESS

@@ -13,8 +13,10 @@ pub struct ModelArgs {
     /// directory. Built-in: gemma3-270m, gemma3-tiny (synthetic weights, for tests).
     #[arg(long, short, default_value = "gemma3-270m")]
     pub model: String,
-    /// The runtime: ort-cpu (ONNX Runtime, CPU provider), ort-coreml, ort-cuda, ort-xnnpack,
-    /// ort (ONNX Runtime with the --provider profile), or gpu (lockstep's WGSL kernels).
+    /// The backend: ort-cpu (ONNX Runtime, CPU provider), ort-webgpu, ort-openvino,
+    /// ort-openvino-accuracy, ort-cuda, ort-coreml, ort-xnnpack, ort (ONNX Runtime with the
+    /// --provider profile), or gpu (lockstep's WGSL kernels). An ONNX Runtime backend takes a
+    /// runtime after a colon: ort-cpu:1.32.0 (`lockstep providers` lists the runtimes).
     /// With --provider and no --backend, it is ort.
     #[arg(
         long,
@@ -35,6 +37,14 @@ pub struct ModelArgs {
     /// CPU threads for ONNX Runtime (default: one per physical core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The ONNX Runtime runtime, by id or version (same as BACKEND:RUNTIME), e.g. 1.32.0 or
+    /// onnxruntime-node-1.30.0; fetched from its registry on first use.
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// An ONNX Runtime shared library to use instead of a pinned runtime (like
+    /// ORT_DYLIB_PATH); reports name it as such.
+    #[arg(long)]
+    pub ort_library: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
@@ -44,6 +54,8 @@ impl ModelArgs {
             progress: std::io::stderr().is_terminal(),
             provider: self.provider.clone(),
             fallback: self.fallback.clone(),
+            runtime: self.runtime.clone(),
+            ort_library: self.ort_library.clone(),
             ..Default::default()
         };
         Model::open_with(&self.model, opts)

@@ -11,9 +11,18 @@ use lockstep_model::convert::{convert_gguf, ConvertOptions, Variant};
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {
-    /// A built-in model (gemma3-270m, or a synthetic one such as gemma3-tiny).
-    #[arg(default_value = "gemma3-270m")]
-    pub model: String,
+    /// A built-in model (gemma3-270m, or a synthetic one such as gemma3-tiny) [default:
+    /// gemma3-270m, unless only --runtime is given].
+    pub model: Option<String>,
+    /// Also (or, without MODEL, only) fetch these ONNX Runtime packages: ids or versions
+    /// from `lockstep providers` (onnxruntime-node-1.30.0, 1.32.0, ...), or `all` for every
+    /// one pinned for this platform. Repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub runtime: Vec<String>,
+    /// Use this ONNX Runtime library instead of the pinned default (like ORT_DYLIB_PATH):
+    /// the default runtime is then not downloaded.
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -47,11 +56,54 @@ fn progress() -> bool {
 }
 
 pub fn fetch(args: FetchArgs) -> Result<ExitCode> {
-    let dir = lockstep::resolve_model(&args.model, progress())?;
+    use lockstep_fetch::manifest::RuntimeManifest;
     let cache = Cache::from_env()?;
-    let ort = lockstep_fetch::fetch::fetch_onnxruntime(&cache, progress())?;
-    eprintln!("model ready: {}", dir.display());
-    eprintln!("ONNX Runtime: {}", ort.display());
+    let model = match (&args.model, args.runtime.is_empty()) {
+        (Some(m), _) => Some(m.clone()),
+        (None, true) => Some("gemma3-270m".to_string()),
+        (None, false) => None,
+    };
+    if let Some(model) = &model {
+        let dir = lockstep::resolve_model(model, progress())?;
+        eprintln!("model ready: {}", dir.display());
+        // The default runtime, unless the user brings a library: then nothing is fetched.
+        let own = args.ort_library.clone().or_else(|| {
+            std::env::var_os(lockstep_fetch::fetch::ORT_DYLIB_PATH_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        match own {
+            Some(lib) if lib.is_file() => {
+                eprintln!("ONNX Runtime: {} (given; nothing fetched)", lib.display())
+            }
+            Some(lib) => {
+                return Err(Error::Runtime(format!(
+                    "the ONNX Runtime library {} does not exist; point --ort-library or ORT_DYLIB_PATH at a libonnxruntime, or drop it to fetch the pinned one",
+                    lib.display()
+                )))
+            }
+            None if args.runtime.is_empty() => {
+                let ort = lockstep_fetch::fetch::fetch_onnxruntime(&cache, progress())?;
+                eprintln!("ONNX Runtime: {}", ort.display());
+            }
+            None => {}
+        }
+    }
+    let runtimes: Vec<RuntimeManifest> = if args.runtime.iter().any(|r| r == "all") {
+        RuntimeManifest::builtins()
+            .into_iter()
+            .filter(|r| r.current_platform().is_ok())
+            .collect()
+    } else {
+        args.runtime
+            .iter()
+            .map(|r| RuntimeManifest::find(r, None))
+            .collect::<Result<_>>()?
+    };
+    for runtime in &runtimes {
+        let lib = lockstep_fetch::fetch::fetch_runtime(runtime, &cache, progress())?;
+        eprintln!("{}: {}", runtime.id, lib.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

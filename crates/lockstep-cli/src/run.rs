@@ -66,7 +66,7 @@ fn summary(stats: &Stats, generator: &Generator) -> String {
             .unwrap_or_else(|| "n/a".into())
     };
     format!(
-        "{} prompt tokens, {} generated, time to first token {:.0} ms, prefill {}, decode {}, stopped by {} [{} on {}]",
+        "{} prompt tokens, {} generated, time to first token {:.0} ms, prefill {}, decode {}, stopped by {} [{}: {} on {}{}]",
         stats.prompt_tokens,
         stats.generated_tokens,
         stats.time_to_first_token.as_secs_f64() * 1e3,
@@ -74,7 +74,12 @@ fn summary(stats: &Stats, generator: &Generator) -> String {
         rate(stats.decode_tokens_per_second()),
         stop_name(&stats.stop),
         info.id,
+        info.runtime_label(),
         info.device,
+        info.process
+            .as_deref()
+            .map(|p| format!(", {p}"))
+            .unwrap_or_default(),
     )
 }
 
@@ -108,7 +113,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             }
             Event::Done(stats) => {
                 if args.json {
-                    writeln!(out, "{}", json!({ "stats": stats_json(&stats) })).ok();
+                    let backend = generator.backend().info();
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({ "stats": stats_json(&stats), "backend": backend })
+                    )
+                    .ok();
                 } else {
                     writeln!(out).ok();
                 }

@@ -235,17 +235,35 @@ impl Report {
             self.max_new_tokens,
             self.reference.id
         );
-        s += "| backend | device | greedy tokens | near-ties | failures | TF positions | TF top-1 | TF max abs Δlogit | TF mean KL | TF max KL | time | result |\n";
-        s += "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        if let GoldenStatus::Checked { written_by, .. } = &self.golden {
+            if written_by.runtime_label() != self.reference.runtime_label() {
+                let _ = writeln!(
+                    s,
+                    "Golden file written by `{}` ({}); the reference now runs {}.\n",
+                    written_by.id,
+                    written_by.runtime_label(),
+                    self.reference.runtime_label()
+                );
+            }
+        }
+        s += "| backend | runtime | device | greedy tokens | near-ties | failures | TF positions | TF top-1 | TF max abs Δlogit | TF mean KL | TF max KL | time | result |\n";
+        s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for b in &self.backends {
             let device = b
                 .info
                 .as_ref()
-                .map_or("—".to_string(), |i| i.device.clone());
+                .map_or("—".to_string(), |i| match &i.process {
+                    Some(p) => format!("{} ({p})", i.device),
+                    None => i.device.clone(),
+                });
+            let runtime = b
+                .info
+                .as_ref()
+                .map_or("—".to_string(), BackendInfo::runtime_label);
             if let Some(reason) = &b.unavailable {
                 let _ = writeln!(
                     s,
-                    "| {} | — | unavailable: {} | | | | | | | | | **unavailable** |",
+                    "| {} | — | — | unavailable: {} | | | | | | | | | **unavailable** |",
                     b.id,
                     cell(reason)
                 );
@@ -284,8 +302,9 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {failures} | {tf_cells} | {:.1} s | {result} |",
+                "| {} | {} | {} | {} | {} | {failures} | {tf_cells} | {:.1} s | {result} |",
                 b.id,
+                cell(&runtime),
                 cell(&device),
                 cell(&greedy),
                 b.count(Outcome::NearTie),
@@ -494,4 +513,143 @@ fn sci(x: f64) -> String {
 /// Text safe inside a Markdown table cell.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Escapes text for an XML attribute or element.
+fn xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 has no form for other control characters.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Report {
+    /// The report as JUnit XML (`lockstep conform --junit FILE`), the format CI systems
+    /// show as test results: one `<testsuite>` per backend, one `<testcase>` per prompt.
+    /// A failure carries every reason; an unavailable backend's prompts are `<skipped>`
+    /// (never passed); near-ties are noted in `<system-out>`.
+    pub fn to_junit(&self) -> String {
+        let mut suites = String::new();
+        let (mut total, mut failed, mut skipped) = (0usize, 0usize, 0usize);
+        for b in &self.backends {
+            let mut cases = String::new();
+            let (mut t, mut f, mut sk) = (0usize, 0usize, 0usize);
+            let class = format!("{}.{}.{}", self.model, self.suite, b.id);
+            if let Some(reason) = &b.unavailable {
+                for id in &self.prompts {
+                    t += 1;
+                    sk += 1;
+                    let _ = write!(
+                        cases,
+                        "    <testcase classname=\"{}\" name=\"{}\" time=\"0\"><skipped message=\"{}\"/></testcase>\n",
+                        xml(&class),
+                        xml(id),
+                        xml(&format!("unavailable: {reason}"))
+                    );
+                }
+            } else if b.status == BackendStatus::Reference {
+                if let GoldenStatus::Checked { prompts, .. } = &self.golden {
+                    for p in prompts {
+                        t += 1;
+                        let _ = write!(
+                            cases,
+                            "    <testcase classname=\"{}\" name=\"{} (golden)\" time=\"0\">",
+                            xml(&class),
+                            xml(&p.id)
+                        );
+                        if !p.failures.is_empty() {
+                            f += 1;
+                            let _ = write!(
+                                cases,
+                                "<failure message=\"{}\">{}</failure>",
+                                xml(&p.failures[0]),
+                                xml(&p.failures.join("\n"))
+                            );
+                        }
+                        cases += "</testcase>\n";
+                    }
+                } else if let GoldenStatus::Missing { path } = &self.golden {
+                    t += 1;
+                    sk += 1;
+                    let _ = write!(
+                        cases,
+                        "    <testcase classname=\"{}\" name=\"golden\" time=\"0\"><skipped message=\"{}\"/></testcase>\n",
+                        xml(&class),
+                        xml(&format!("golden file {path} is missing: run `lockstep conform --bless`"))
+                    );
+                }
+            } else {
+                let per = b.seconds / b.prompts.len().max(1) as f64;
+                for p in &b.prompts {
+                    t += 1;
+                    let _ = write!(
+                        cases,
+                        "    <testcase classname=\"{}\" name=\"{}\" time=\"{per:.3}\">",
+                        xml(&class),
+                        xml(&p.id)
+                    );
+                    if !p.failures.is_empty() {
+                        f += 1;
+                        let _ = write!(
+                            cases,
+                            "<failure message=\"{}\">{}</failure>",
+                            xml(&p.failures[0]),
+                            xml(&p.failures.join("\n"))
+                        );
+                    } else if let Some(fr) = &p.free_running {
+                        if fr.outcome() == Outcome::NearTie {
+                            let _ = write!(
+                                cases,
+                                "<system-out>{}</system-out>",
+                                xml(&format!("near-tie: {}", greedy_cell(fr)))
+                            );
+                        }
+                    }
+                    cases += "</testcase>\n";
+                }
+            }
+            let props = b
+                .info
+                .as_ref()
+                .map(|i| {
+                    let mut p = String::from("    <properties>\n");
+                    for (k, v) in [
+                        ("runtime", i.runtime.as_str()),
+                        ("package", i.package.as_deref().unwrap_or("")),
+                        ("provider", i.provider.as_deref().unwrap_or("")),
+                        ("device", i.device.as_str()),
+                        ("precision", i.precision.as_str()),
+                    ] {
+                        let _ = writeln!(p, "      <property name=\"{k}\" value=\"{}\"/>", xml(v));
+                    }
+                    p += "    </properties>\n";
+                    p
+                })
+                .unwrap_or_default();
+            let _ = write!(
+                suites,
+                "  <testsuite name=\"{}\" tests=\"{t}\" failures=\"{f}\" errors=\"0\" skipped=\"{sk}\" time=\"{:.3}\">\n{props}{cases}  </testsuite>\n",
+                xml(&class),
+                b.seconds
+            );
+            total += t;
+            failed += f;
+            skipped += sk;
+        }
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"lockstep conform {} {}\" tests=\"{total}\" failures=\"{failed}\" errors=\"0\" skipped=\"{skipped}\">\n{suites}</testsuites>\n",
+            xml(&self.model),
+            xml(&self.suite)
+        )
+    }
 }

@@ -161,7 +161,7 @@ impl<'a> Runner<'a> {
         Golden {
             format: GOLDEN_FORMAT,
             model: self.model.clone(),
-            suite: self.suite.name.clone(),
+            suite: self.suite.golden_suite().to_string(),
             max_new_tokens: self.suite.max_new_tokens,
             reference: reference.info(),
             prompts: self
@@ -504,7 +504,7 @@ pub fn run_model(
     let path = opts
         .conformance_dir
         .as_deref()
-        .map(|d| crate::golden::golden_path(d, model_name, &suite.name));
+        .map(|d| crate::golden::golden_path(d, model_name, suite.golden_suite()));
     let loaded = match &path {
         Some(p) => Golden::load_if_exists(p)?,
         None => None,
@@ -529,7 +529,7 @@ pub fn bless_model(
     let runner = Runner::new(suite, model.tokenizer(), model_name)?.progress(progress);
     let reference = model.backend(&suite.reference)?;
     let golden = runner.bless(reference.as_ref())?;
-    let path = crate::golden::golden_path(conformance_dir, model_name, &suite.name);
+    let path = crate::golden::golden_path(conformance_dir, model_name, suite.golden_suite());
     golden.save(&path)?;
     Ok(path)
 }

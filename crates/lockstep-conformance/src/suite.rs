@@ -153,7 +153,10 @@ pub struct Suite {
     /// Greedy tokens generated per prompt (fewer when the model emits EOS).
     pub max_new_tokens: usize,
     pub tolerances: Tolerances,
-    #[serde(rename = "prompt")]
+    /// Another suite in the same directory whose prompts (and golden files) this one uses,
+    /// for a numeric mode that needs its own tolerances on the same prompts.
+    pub prompts_from: Option<String>,
+    #[serde(rename = "prompt", default)]
     pub prompts: Vec<PromptSpec>,
 }
 
@@ -162,12 +165,43 @@ impl Suite {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io("reading the conformance suite", path, e))?;
-        Self::from_toml(&text).map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+        let mut suite = Self::from_toml_unchecked(&text)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        if let Some(base) = suite.prompts_from.clone() {
+            if !suite.prompts.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "{}: a suite with prompts_from takes its prompts from '{base}' and has none of its own",
+                    path.display()
+                )));
+            }
+            let base_path = path.with_file_name(format!("{base}.toml"));
+            let base_suite = Self::load(&base_path)?;
+            suite.prompts = base_suite.prompts;
+        }
+        suite
+            .check()
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        Ok(suite)
     }
 
+    /// The suite whose golden files this one checks against: its own, or its
+    /// `prompts_from` suite's (same prompts, same reference).
+    pub fn golden_suite(&self) -> &str {
+        self.prompts_from.as_deref().unwrap_or(&self.name)
+    }
+
+    fn from_toml_unchecked(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::InvalidInput(format!("not a valid suite: {e}")))
+    }
+
+    /// A suite from TOML text; `prompts_from` needs [`Suite::load`] (it names a file).
     pub fn from_toml(text: &str) -> Result<Self> {
-        let suite: Suite = toml::from_str(text)
-            .map_err(|e| Error::InvalidInput(format!("not a valid suite: {e}")))?;
+        let suite = Self::from_toml_unchecked(text)?;
+        if suite.prompts_from.is_some() {
+            return Err(Error::InvalidInput(
+                "a suite with prompts_from must be loaded from its file".into(),
+            ));
+        }
         suite.check()?;
         Ok(suite)
     }

@@ -11,7 +11,7 @@ use ort::session::builder::AutoDevicePolicy;
 use crate::profile::{EpKind, ProviderProfile};
 
 /// Whether a profile can run with the loaded library on this machine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Availability {
     /// The library was built with the profile's provider.
     pub built_in: bool,
@@ -153,6 +153,23 @@ pub fn availability(profile: &ProviderProfile, env: &Environment) -> Availabilit
             .map(|_| ())
             .map_err(|e| Error::Runtime(e.to_string()))
     });
+    // A GPU provider registers without a device and fails only when a session starts it
+    // (Dawn's "No supported adapters"): start one on a one-node model to know.
+    let registered = registered.and_then(|()| {
+        if profile.is_cpu() {
+            return Ok(());
+        }
+        let ep = profile.dispatch(None)?;
+        ort::session::Session::builder(env)
+            .and_then(|b| {
+                b.with_auto_device(AutoDevicePolicy::PreferCPU)
+                    .map_err(Into::into)
+            })
+            .and_then(|b| b.with_execution_providers([ep]).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_memory(&probe_model()))
+            .map(|_| ())
+            .map_err(|e| Error::Runtime(e.to_string()))
+    });
     match registered {
         Ok(()) => Availability {
             built_in,
@@ -173,7 +190,7 @@ pub fn availability(profile: &ProviderProfile, env: &Environment) -> Availabilit
 }
 
 /// The loaded library and what each profile can do with it (`lockstep providers`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProvidersReport {
     pub library: std::path::PathBuf,
     pub version: String,
@@ -200,4 +217,25 @@ pub fn providers_report(library: &Path, extra: &[ProviderProfile]) -> Result<Pro
         built_with,
         profiles,
     })
+}
+
+/// A one-node model (y = x + x, f32 [4]) that any provider can take: starting a session on
+/// it starts the provider's device.
+fn probe_model() -> Vec<u8> {
+    use lockstep_model::onnx::{data_type, Dim, GraphBuilder, ModelProto, OperatorSetIdProto};
+    let mut g = GraphBuilder::default();
+    g.input("x", data_type::FLOAT, vec![Dim::Fixed(4)]);
+    g.output("y", data_type::FLOAT, vec![Dim::Fixed(4)]);
+    g.node("Add", "", &["x", "x"], &["y"], vec![]);
+    let model = ModelProto {
+        ir_version: 10,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 21,
+        }],
+        producer_name: "lockstep".into(),
+        graph: Some(g.finish("probe", Vec::new())),
+        ..Default::default()
+    };
+    prost::Message::encode_to_vec(&model)
 }

@@ -155,3 +155,41 @@ pub fn host_program() -> Result<PathBuf> {
         exe.map(|e| e.display().to_string()).unwrap_or_else(|| "this program".into())
     )))
 }
+
+/// [`crate::providers_report`] for `library`, computed in a host process so that any number
+/// of libraries can be asked from one process. One line of error on failure: the host's
+/// own message.
+pub fn providers_report_hosted(library: &Path) -> Result<crate::ProvidersReport> {
+    let program = host_program()?;
+    let out = std::process::Command::new(&program)
+        .arg("--providers-report")
+        .arg(library)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::Runtime(format!("cannot start {}: {e}", program.display())))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let line = msg
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("lockstep-ort-host:"))
+            .map(|l| {
+                l.trim_start_matches("lockstep-ort-host:")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_else(|| format!("{HOST_PROGRAM} exited with {}", out.status));
+        return Err(Error::Runtime(line));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(json).map_err(|e| {
+        Error::Runtime(format!(
+            "{HOST_PROGRAM} answered with an unreadable report: {e}"
+        ))
+    })
+}

@@ -11,13 +11,17 @@ use ort::ep::{self, ExecutionProvider, ExecutionProviderDispatch};
 use serde::{Deserialize, Serialize};
 
 /// The compiled-in profiles, so that the binary works from any directory.
-const BUILTIN: [(&str, &str); 7] = [
+const BUILTIN: [(&str, &str); 8] = [
     ("cpu", include_str!("../../../providers/cpu.toml")),
     ("webgpu", include_str!("../../../providers/webgpu.toml")),
     ("openvino", include_str!("../../../providers/openvino.toml")),
     (
         "openvino_accuracy",
         include_str!("../../../providers/openvino_accuracy.toml"),
+    ),
+    (
+        "openvino_bf16",
+        include_str!("../../../providers/openvino_bf16.toml"),
     ),
     ("cuda", include_str!("../../../providers/cuda.toml")),
     ("coreml", include_str!("../../../providers/coreml.toml")),
@@ -43,8 +47,9 @@ pub struct ProviderProfile {
     pub numerics: Option<String>,
     /// What the provider declares it can run (for predicted placement).
     pub support: OpSupport,
-    /// "built-in" or the file the profile came from.
-    #[serde(skip)]
+    /// "built-in" or the file the profile came from (set by the loader, whatever the file
+    /// says).
+    #[serde(default)]
     pub source: String,
 }
 

@@ -24,8 +24,10 @@ pub enum BackendKind {
     OrtWebgpu,
     /// ONNX Runtime with the OpenVINO execution provider, OpenVINO's default precision.
     OrtOpenvino,
-    /// ONNX Runtime with the OpenVINO execution provider in OpenVINO's ACCURACY mode.
+    /// ONNX Runtime with the OpenVINO execution provider in OpenVINO's ACCURACY mode (f32).
     OrtOpenvinoAccuracy,
+    /// ONNX Runtime with the OpenVINO execution provider in bf16 inference precision.
+    OrtOpenvinoBf16,
     /// ONNX Runtime with the CUDA execution provider (onnxruntime-gpu).
     OrtCuda,
     /// ONNX Runtime with the CoreML execution provider (macOS).
@@ -43,11 +45,12 @@ impl BackendKind {
     pub const ALL: [BackendKind; 2] = [BackendKind::OrtCpu, BackendKind::Gpu];
 
     /// Every id `--backend` accepts.
-    pub const KNOWN: [BackendKind; 9] = [
+    pub const KNOWN: [BackendKind; 10] = [
         BackendKind::OrtCpu,
         BackendKind::OrtWebgpu,
         BackendKind::OrtOpenvino,
         BackendKind::OrtOpenvinoAccuracy,
+        BackendKind::OrtOpenvinoBf16,
         BackendKind::OrtCuda,
         BackendKind::OrtCoreml,
         BackendKind::OrtXnnpack,
@@ -61,6 +64,7 @@ impl BackendKind {
             BackendKind::OrtWebgpu => "ort-webgpu",
             BackendKind::OrtOpenvino => "ort-openvino",
             BackendKind::OrtOpenvinoAccuracy => "ort-openvino-accuracy",
+            BackendKind::OrtOpenvinoBf16 => "ort-openvino-bf16",
             BackendKind::OrtCuda => "ort-cuda",
             BackendKind::OrtCoreml => "ort-coreml",
             BackendKind::OrtXnnpack => "ort-xnnpack",
@@ -81,6 +85,7 @@ impl BackendKind {
             BackendKind::OrtWebgpu => Some("webgpu"),
             BackendKind::OrtOpenvino => Some("openvino"),
             BackendKind::OrtOpenvinoAccuracy => Some("openvino_accuracy"),
+            BackendKind::OrtOpenvinoBf16 => Some("openvino_bf16"),
             BackendKind::OrtCuda => Some("cuda"),
             BackendKind::OrtCoreml => Some("coreml"),
             BackendKind::OrtXnnpack => Some("xnnpack"),
