@@ -303,9 +303,9 @@ fn conform(
 /// Measures prefill (pp) and generation (tg) speed of each backend, as `lockstep bench
 /// --json` does, and returns the same report as a dict.
 #[pyfunction]
-#[pyo3(signature = (backends = vec!["ort-cpu".to_string(), "gpu".to_string()], model = "gemma3-270m", *, threads = None, prompt_tokens = 512, gen_tokens = 128, tg_prompt_tokens = 8, reps = 5, gpu_adapter = None, ort_library = None))]
+#[pyo3(name = "bench", signature = (backends = vec!["ort-cpu".to_string(), "gpu".to_string()], model = "gemma3-270m", *, threads = None, prompt_tokens = 512, gen_tokens = 128, tg_prompt_tokens = 8, reps = 5, gpu_adapter = None, ort_library = None))]
 #[allow(clippy::too_many_arguments)]
-fn bench(
+fn run_bench(
     py: Python<'_>,
     backends: Vec<String>,
     model: &str,
@@ -350,7 +350,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Generation>()?;
     m.add_class::<Token>()?;
     m.add_function(wrap_pyfunction!(conform, m)?)?;
-    m.add_function(wrap_pyfunction!(bench, m)?)?;
+    m.add_function(wrap_pyfunction!(run_bench, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     errors::register(m)?;
     Ok(())

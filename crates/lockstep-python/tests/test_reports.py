@@ -2,7 +2,7 @@
 print."""
 
 import lockstep
-from conftest import TINY, cli_json
+from conftest import REPO, TINY, cli_json
 
 # Timings differ from run to run; everything else must be identical.
 TIMINGS = {"seconds"}
@@ -17,9 +17,13 @@ def without_timings(value):
 
 
 def test_conform_returns_the_cli_report():
-    prompts = ["fact-short", "code"]
-    report = lockstep.conform(TINY, ["ort-cpu", "no-such-backend"], prompts=prompts, progress=False)
-    cli = cli_json("conform", "--model", TINY, "--backends", "ort-cpu,no-such-backend", "--prompts", ",".join(prompts))
+    prompts = ["fact-short", "code-python"]
+    # One conformance directory for both, named explicitly (the reports carry its path).
+    suites = REPO / "conformance"
+    report = lockstep.conform(TINY, ["ort-cpu", "no-such-backend"], prompts=prompts, progress=False,
+                              conformance_dir=str(suites))
+    cli = cli_json("conform", "--model", TINY, "--backends", "ort-cpu,no-such-backend",
+                   "--prompts", ",".join(prompts), "--dir", str(suites))
     assert without_timings(report) == without_timings(cli)
     assert report["prompts"] == prompts
     statuses = {b["id"]: b["status"] for b in report["backends"]}
