@@ -44,8 +44,33 @@ pub struct BenchArgs {
     pub ort_library: Option<PathBuf>,
 }
 
+impl Default for BenchArgs {
+    /// The defaults `lockstep bench` has with no flags.
+    fn default() -> Self {
+        use clap::{Args, FromArgMatches};
+        let cmd = BenchArgs::augment_args(clap::Command::new("bench"));
+        BenchArgs::from_arg_matches(&cmd.get_matches_from(["bench"])).expect("the defaults parse")
+    }
+}
+
 /// Runs the benchmark; progress goes to stderr, the table or JSON to stdout.
 pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+    let report = measure(args)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(report)
+}
+
+/// Runs the benchmark and returns the report that `--json` prints (and writes the SVG
+/// chart if asked), printing nothing on stdout; progress goes to stderr. What the
+/// language bindings' `bench(...)` returns.
+pub fn measure(args: &BenchArgs) -> Result<BenchReport> {
     let kinds = args
         .backends
         .iter()
@@ -94,14 +119,6 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             .map_err(|e| lockstep::Error::io("cannot write the SVG chart", path, e))?;
         progress(&format!("chart written to {}", path.display()));
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
-    } else {
-        print!("{}", report.table());
-    }
     Ok(report)
 }
 
@@ -112,4 +129,21 @@ fn lockstep_model_bos(dir: &std::path::Path) -> u32 {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["config"]["bos_token_id"].as_u64())
         .unwrap_or(2) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BenchArgs;
+
+    #[test]
+    fn default_args_are_the_cli_defaults() {
+        let a = BenchArgs::default();
+        assert_eq!(a.backends, ["ort-cpu", "gpu"]);
+        assert_eq!(a.model, "gemma3-270m");
+        assert_eq!(
+            (a.prompt_tokens, a.gen_tokens, a.tg_prompt_tokens, a.reps),
+            (512, 128, 8, 5)
+        );
+        assert!(!a.json && a.svg.is_none() && a.threads.is_none());
+    }
 }

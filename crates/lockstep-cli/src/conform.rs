@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use lockstep::{LoadOptions, Model};
-use lockstep_conformance::{self as conformance, Suite};
+use lockstep_conformance as conformance;
 use lockstep_core::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -56,16 +56,6 @@ pub struct ConformArgs {
     pub junit: Option<PathBuf>,
 }
 
-fn load_suite(args: &ConformArgs, dir: &std::path::Path) -> Result<Suite> {
-    let as_path = PathBuf::from(&args.suite);
-    let path = if as_path.is_file() {
-        as_path
-    } else {
-        conformance::suite_path(dir, &args.suite)
-    };
-    Suite::load(path)
-}
-
 fn open(name: &str, threads: Option<usize>) -> Result<Model> {
     let opts = LoadOptions {
         threads,
@@ -75,18 +65,9 @@ fn open(name: &str, threads: Option<usize>) -> Result<Model> {
     Model::open_with(name, opts)
 }
 
-/// The name golden files are kept under: the model's own name for a directory.
-fn golden_name(arg: &str, model: &Model) -> String {
-    if std::path::Path::new(arg).is_dir() {
-        model.package().manifest.name.clone()
-    } else {
-        arg.to_string()
-    }
-}
-
 pub fn conform(args: ConformArgs) -> Result<ExitCode> {
     let dir = args.dir.clone().unwrap_or_else(conformance::default_dir);
-    let mut suite = load_suite(&args, &dir)?;
+    let mut suite = conformance::load_suite(&dir, &args.suite)?;
     if args.bless {
         if !args.prompts.is_empty() {
             return Err(Error::InvalidInput(
@@ -102,7 +83,7 @@ pub fn conform(args: ConformArgs) -> Result<ExitCode> {
         };
         for name in &models {
             let model = open(name, args.threads)?;
-            let golden = golden_name(name, &model);
+            let golden = conformance::golden_name(name, &model);
             let path = conformance::bless_model(&model, &golden, &suite, &dir, true)?;
             eprintln!("conform: wrote {}", path.display());
         }
@@ -119,7 +100,7 @@ pub fn conform(args: ConformArgs) -> Result<ExitCode> {
     }
     let name = args.model.clone().unwrap_or_else(|| "gemma3-270m".into());
     let model = open(&name, args.threads)?;
-    let golden = golden_name(&name, &model);
+    let golden = conformance::golden_name(&name, &model);
     let opts = conformance::RunOptions {
         conformance_dir: Some(dir),
         progress: true,

@@ -74,3 +74,24 @@ pub fn default_dir() -> PathBuf {
 pub fn suite_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("suites").join(format!("{name}.toml"))
 }
+
+/// The suite `lockstep conform --suite` names: a path to a suite file, else a name under
+/// `<dir>/suites`. Shared by the CLI and the language bindings so that both run the same.
+pub fn load_suite(dir: &Path, name_or_path: &str) -> lockstep_core::Result<Suite> {
+    let as_path = PathBuf::from(name_or_path);
+    if as_path.is_file() {
+        Suite::load(as_path)
+    } else {
+        Suite::load(suite_path(dir, name_or_path))
+    }
+}
+
+/// The name golden files are kept under for `--model ARG`: the built-in name as given, or
+/// the model's own name (from its manifest) for a directory.
+pub fn golden_name(arg: &str, model: &lockstep::Model) -> String {
+    if Path::new(arg).is_dir() {
+        model.package().manifest.name.clone()
+    } else {
+        arg.to_string()
+    }
+}

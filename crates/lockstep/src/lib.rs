@@ -18,15 +18,18 @@
 
 mod backends;
 mod models;
+pub mod summary;
 
 pub use backends::{load_backend, load_spec, ort_runtime, BackendKind, BackendSpec, LoadOptions};
 pub use lockstep_core::{
     Backend, BackendInfo, Error, ModelConfig, Result, Session, SessionOptions, Want,
 };
 pub use lockstep_generate::{
-    Chat, Event, GenerateOptions, Generator, Output, SamplingParams, Stats, StopReason, Tokenizer,
+    CancelToken, Chat, Event, GenerateOptions, Generator, Output, Prompt, SamplingParams, Stats,
+    StopReason, Tokenizer,
 };
 pub use models::{resolve_model, synthetic_names, Model};
+pub use summary::Summary;
 
 /// README.md's example is compiled as a doc test so it cannot rot.
 #[doc = include_str!("../../../README.md")]
