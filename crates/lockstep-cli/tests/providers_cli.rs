@@ -35,28 +35,30 @@ fn row<'a>(stdout: &'a str, first: &str) -> Vec<&'a str> {
 }
 
 #[test]
-fn providers_lists_the_library_and_profiles() {
+fn providers_lists_every_runtime_and_profile() {
     let out = lockstep(&["providers"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.starts_with("ONNX Runtime 1."), "{stdout}");
-    assert!(stdout.contains("libonnxruntime"), "{stdout}");
-    let built = stdout
-        .lines()
-        .find(|l| l.starts_with("built with:"))
-        .unwrap();
-    assert!(built.contains("CPUExecutionProvider"), "{built}");
-    assert!(!built.contains("CoreML"), "{built}");
-    assert_eq!(
-        row(&stdout, "cpu")[1..4],
-        ["CPUExecutionProvider", "yes", "yes"]
-    );
-    let coreml = row(&stdout, "coreml");
-    assert_eq!(
-        coreml[1..4],
-        ["CoreMLExecutionProvider", "no", "no:"],
-        "{stdout}"
-    );
+    assert!(stdout.starts_with("ONNX Runtime packages"), "{stdout}");
+    for id in [
+        "onnxruntime-1.31.1 (default)",
+        "onnxruntime-1.32.0",
+        "onnxruntime-node-1.30.0",
+        "onnxruntime-openvino-1.24.1",
+        "onnxruntime-gpu-1.31.1",
+    ] {
+        assert!(stdout.contains(id), "{id} missing:\n{stdout}");
+    }
+    // The default runtime is fetched by the tests' first use; the CPU profile runs on it.
+    let cpu = row(&stdout, "cpu");
+    assert_eq!(cpu[1..4], ["ort-cpu", "CPUExecutionProvider", "onnxruntime-1.31.1"], "{stdout}");
+    assert_eq!(cpu[4], "yes", "{stdout}");
+    // CoreML: no pinned runtime carries it on Linux, and the row says what would.
+    if cfg!(target_os = "linux") {
+        let coreml = row(&stdout, "coreml");
+        assert_eq!(coreml[3], "—", "{stdout}");
+        assert_eq!(coreml[4], "no:", "{stdout}");
+    }
 }
 
 #[test]

@@ -151,7 +151,7 @@ pub fn host_program() -> Result<PathBuf> {
         }
     }
     Err(Error::Runtime(format!(
-        "this needs a second ONNX Runtime library, which runs in the {HOST_PROGRAM} program, and it was not found next to {} or on PATH; build it with `cargo build --release -p lockstep-ort` (it is installed next to `lockstep`), or set {HOST_ENV}",
+        "this needs a second ONNX Runtime library, which runs in the {HOST_PROGRAM} program, and it was not found next to {} or on PATH; build it with `cargo build --release -p lockstep-cli` (it is installed next to `lockstep`), or set {HOST_ENV}",
         exe.map(|e| e.display().to_string()).unwrap_or_else(|| "this program".into())
     )))
 }

@@ -286,7 +286,7 @@ pub fn ort_runtime(
                     return Err(Error::Unavailable {
                         backend: provider.backend_id(),
                         reason: format!(
-                            "no pinned ONNX Runtime carries {ep} on {}-{}: {}",
+                            "no pinned ONNX Runtime carries {ep} on {}-{}: {}; or pass --fallback cpu to run on the CPU instead",
                             std::env::consts::OS,
                             std::env::consts::ARCH,
                             lockstep_ort::available::how_to_get(provider)
@@ -343,7 +343,15 @@ pub fn load_spec(
         }
         ort_kind => {
             let choice = opts.provider_choice(ort_kind)?;
-            let (library, package) = ort_runtime(spec.runtime.as_deref(), &choice.profile, opts)?;
+            let runtime = spec.runtime.as_deref();
+            // A provider no pinned runtime carries here may still fall back: load the
+            // fallback's runtime, and the wanted provider is found missing there, as it says.
+            let (library, package) = match (ort_runtime(runtime, &choice.profile, opts), &choice.fallback) {
+                (Err(Error::Unavailable { .. }), Some(fallback)) => {
+                    ort_runtime(runtime, fallback, opts)?
+                }
+                (result, _) => result?,
+            };
             let ort_opts = lockstep_ort::OrtOptions {
                 library,
                 threads: opts.threads,
