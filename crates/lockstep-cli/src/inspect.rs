@@ -37,7 +37,14 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let (library, package) = if args.predict {
         Default::default()
     } else {
-        lockstep::ort_runtime(None, &profile, &opts)?
+        match lockstep::ort_runtime(None, &profile, &opts) {
+            // No pinned runtime carries this provider here (CoreML on Linux): the default
+            // runtime still answers, with a placement it marks PREDICTED.
+            Err(lockstep::Error::Unavailable { .. }) => {
+                lockstep::ort_runtime(None, &ProviderProfile::cpu(), &opts)?
+            }
+            other => other?,
+        }
     };
     let ort = lockstep_ort::OrtOptions {
         library,

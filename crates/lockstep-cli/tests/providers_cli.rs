@@ -51,7 +51,11 @@ fn providers_lists_every_runtime_and_profile() {
     }
     // The default runtime is fetched by the tests' first use; the CPU profile runs on it.
     let cpu = row(&stdout, "cpu");
-    assert_eq!(cpu[1..4], ["ort-cpu", "CPUExecutionProvider", "onnxruntime-1.31.1"], "{stdout}");
+    assert_eq!(
+        cpu[1..4],
+        ["ort-cpu", "CPUExecutionProvider", "onnxruntime-1.31.1"],
+        "{stdout}"
+    );
     assert_eq!(cpu[4], "yes", "{stdout}");
     // CoreML: no pinned runtime carries it on Linux, and the row says what would.
     if cfg!(target_os = "linux") {
@@ -115,7 +119,11 @@ fn fallback_cpu_runs_and_says_so() {
     );
     // The summary's [backend on device] never calls it CoreML.
     let summary = stderr.lines().last().unwrap();
-    assert!(summary.contains("[ort-cpu on CPU ("), "{summary}");
+    assert!(
+        summary.contains("CPUExecutionProvider on CPU ("),
+        "{summary}"
+    );
+    assert!(!summary.contains("CoreMLExecutionProvider on"), "{summary}");
     assert!(
         summary.contains("fallback: coreml is not available"),
         "{summary}"

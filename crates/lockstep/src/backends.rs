@@ -346,7 +346,10 @@ pub fn load_spec(
             let runtime = spec.runtime.as_deref();
             // A provider no pinned runtime carries here may still fall back: load the
             // fallback's runtime, and the wanted provider is found missing there, as it says.
-            let (library, package) = match (ort_runtime(runtime, &choice.profile, opts), &choice.fallback) {
+            let (library, package) = match (
+                ort_runtime(runtime, &choice.profile, opts),
+                &choice.fallback,
+            ) {
                 (Err(Error::Unavailable { .. }), Some(fallback)) => {
                     ort_runtime(runtime, fallback, opts)?
                 }
