@@ -549,9 +549,9 @@ impl Report {
                 for id in &self.prompts {
                     t += 1;
                     sk += 1;
-                    let _ = write!(
+                    let _ = writeln!(
                         cases,
-                        "    <testcase classname=\"{}\" name=\"{}\" time=\"0\"><skipped message=\"{}\"/></testcase>\n",
+                        "    <testcase classname=\"{}\" name=\"{}\" time=\"0\"><skipped message=\"{}\"/></testcase>",
                         xml(&class),
                         xml(id),
                         xml(&format!("unavailable: {reason}"))
@@ -581,9 +581,9 @@ impl Report {
                 } else if let GoldenStatus::Missing { path } = &self.golden {
                     t += 1;
                     sk += 1;
-                    let _ = write!(
+                    let _ = writeln!(
                         cases,
-                        "    <testcase classname=\"{}\" name=\"golden\" time=\"0\"><skipped message=\"{}\"/></testcase>\n",
+                        "    <testcase classname=\"{}\" name=\"golden\" time=\"0\"><skipped message=\"{}\"/></testcase>",
                         xml(&class),
                         xml(&format!("golden file {path} is missing: run `lockstep conform --bless`"))
                     );

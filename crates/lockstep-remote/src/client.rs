@@ -192,7 +192,7 @@ impl Session for RemoteSession {
         match answer {
             (Response::Logits { vocab }, payload) => {
                 let values = bytes_to_f32s(&payload);
-                if vocab == 0 || values.len() % vocab != 0 {
+                if vocab == 0 || !values.len().is_multiple_of(vocab) {
                     return Err(Error::Runtime(format!(
                         "the host process sent {} logits, not rows of {vocab}",
                         values.len()

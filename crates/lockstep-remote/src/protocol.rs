@@ -39,6 +39,8 @@ pub(crate) enum Request {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+// Loaded is sent once per backend; boxing it would only add an allocation to every reply.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Response {
     Loaded {
         info: BackendInfo,

@@ -85,10 +85,10 @@ where
     Ok(())
 }
 
-fn session<'a>(
-    sessions: &'a mut HashMap<u64, Box<dyn Session>>,
+fn session(
+    sessions: &mut HashMap<u64, Box<dyn Session>>,
     id: u64,
-) -> Result<&'a mut Box<dyn Session>> {
+) -> Result<&mut Box<dyn Session>> {
     sessions
         .get_mut(&id)
         .ok_or_else(|| Error::Runtime(format!("the host has no session {id}")))
