@@ -15,7 +15,8 @@ pub struct BenchArgs {
     /// A built-in model name (e.g. gemma3-270m, gemma3-1b-synthetic) or a converted model directory.
     #[arg(long, default_value = "gemma3-270m")]
     pub model: String,
-    /// CPU threads for ONNX Runtime (default: its own choice).
+    /// CPU threads for ONNX Runtime and llama.cpp (default: each runtime's own choice;
+    /// llama-cpp takes every core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// pp: prompt tokens prefilled in one step.

@@ -15,7 +15,8 @@ pub struct ConformArgs {
     /// --bless: every built-in model that has golden files].
     #[arg(long, short)]
     pub model: Option<String>,
-    /// Backends to check, comma-separated: ort-cpu, ort-webgpu, ort-openvino, gpu, ... An
+    /// Backends to check, comma-separated: ort-cpu, ort-webgpu, ort-openvino, gpu, llama-cpp,
+    /// ... An
     /// ONNX Runtime backend takes a runtime after a colon (ort-cpu:1.32.0 checks an upgrade
     /// against the pinned one) and another conversion after an @ (ort-cpu@gemma3-270m-int8act).
     /// One this machine cannot run is reported as unavailable, never as passed.
@@ -43,7 +44,7 @@ pub struct ConformArgs {
     /// Count an unavailable backend as a failure (for CI that must run every backend).
     #[arg(long)]
     pub strict: bool,
-    /// CPU threads for ONNX Runtime.
+    /// CPU threads for ONNX Runtime and llama.cpp.
     #[arg(long)]
     pub threads: Option<usize>,
     /// The backend the others are compared with and that the golden files check

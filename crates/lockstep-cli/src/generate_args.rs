@@ -15,7 +15,8 @@ pub struct ModelArgs {
     pub model: String,
     /// The backend: ort-cpu (ONNX Runtime, CPU provider), ort-webgpu, ort-openvino,
     /// ort-openvino-accuracy, ort-cuda, ort-coreml, ort-xnnpack, ort (ONNX Runtime with the
-    /// --provider profile), or gpu (lockstep's WGSL kernels). An ONNX Runtime backend takes a
+    /// --provider profile), gpu (lockstep's WGSL kernels), or llama-cpp (llama.cpp on the
+    /// model's original GGUF, the reference engine). An ONNX Runtime backend takes a
     /// runtime after a colon: ort-cpu:1.32.0 (`lockstep providers` lists the runtimes).
     /// With --provider and no --backend, it is ort.
     #[arg(
@@ -34,7 +35,8 @@ pub struct ModelArgs {
     /// stderr and the backend's device then say so.
     #[arg(long)]
     pub fallback: Option<String>,
-    /// CPU threads for ONNX Runtime (default: one per physical core).
+    /// CPU threads for ONNX Runtime (default: one per physical core) and llama.cpp (default:
+    /// every core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// The ONNX Runtime runtime, by id or version (same as BACKEND:RUNTIME), e.g. 1.32.0 or

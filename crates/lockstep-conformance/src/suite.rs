@@ -156,6 +156,10 @@ pub struct Suite {
     /// Another suite in the same directory whose prompts (and golden files) this one uses,
     /// for a numeric mode that needs its own tolerances on the same prompts.
     pub prompts_from: Option<String>,
+    /// The suite name golden files are kept under when it is not `prompts_from`'s: a suite
+    /// with another reference backend has golden files of its own (`golden = "<name>"`).
+    #[serde(default)]
+    pub golden: Option<String>,
     #[serde(rename = "prompt", default)]
     pub prompts: Vec<PromptSpec>,
 }
@@ -184,10 +188,13 @@ impl Suite {
         Ok(suite)
     }
 
-    /// The suite whose golden files this one checks against: its own, or its
-    /// `prompts_from` suite's (same prompts, same reference).
+    /// The suite whose golden files this one checks against: `golden` if set, else its
+    /// `prompts_from` suite's (same prompts, same reference), else its own.
     pub fn golden_suite(&self) -> &str {
-        self.prompts_from.as_deref().unwrap_or(&self.name)
+        self.golden
+            .as_deref()
+            .or(self.prompts_from.as_deref())
+            .unwrap_or(&self.name)
     }
 
     fn from_toml_unchecked(text: &str) -> Result<Self> {

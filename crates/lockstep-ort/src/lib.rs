@@ -414,32 +414,4 @@ impl Backend for OrtBackend {
     }
 }
 
-/// What every step checks before it runs: at least one token, ids inside the vocabulary,
-/// and room in the session's KV budget.
-pub(crate) fn check_step(
-    config: &ModelConfig,
-    len: usize,
-    max_tokens: usize,
-    tokens: &[u32],
-) -> Result<()> {
-    if tokens.is_empty() {
-        return Err(Error::InvalidInput(
-            "forward needs at least one token".into(),
-        ));
-    }
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
-        return Err(Error::InvalidInput(format!(
-            "token id {bad} is out of range: the vocabulary has {} ids",
-            config.vocab_size
-        )));
-    }
-    let needed = len + tokens.len();
-    if needed > max_tokens {
-        return Err(Error::ContextOverflow {
-            needed,
-            limit: max_tokens,
-            limit_name: "the session's KV budget",
-        });
-    }
-    Ok(())
-}
+pub(crate) use lockstep_core::check_step;

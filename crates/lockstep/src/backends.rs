@@ -38,6 +38,8 @@ pub enum BackendKind {
     Ort,
     /// lockstep's own WGSL kernels on wgpu (Vulkan, Metal, D3D12).
     Gpu,
+    /// llama.cpp on the model's original GGUF: the reference engine (lockstep-llamacpp).
+    LlamaCpp,
 }
 
 impl BackendKind {
@@ -45,7 +47,7 @@ impl BackendKind {
     pub const ALL: [BackendKind; 2] = [BackendKind::OrtCpu, BackendKind::Gpu];
 
     /// Every id `--backend` accepts.
-    pub const KNOWN: [BackendKind; 10] = [
+    pub const KNOWN: [BackendKind; 11] = [
         BackendKind::OrtCpu,
         BackendKind::OrtWebgpu,
         BackendKind::OrtOpenvino,
@@ -56,6 +58,7 @@ impl BackendKind {
         BackendKind::OrtXnnpack,
         BackendKind::Ort,
         BackendKind::Gpu,
+        BackendKind::LlamaCpp,
     ];
 
     pub fn id(self) -> &'static str {
@@ -70,15 +73,16 @@ impl BackendKind {
             BackendKind::OrtXnnpack => "ort-xnnpack",
             BackendKind::Ort => "ort",
             BackendKind::Gpu => "gpu",
+            BackendKind::LlamaCpp => lockstep_llamacpp::BACKEND_ID,
         }
     }
 
     /// Whether this is ONNX Runtime (with some provider profile).
     pub fn is_ort(self) -> bool {
-        self != BackendKind::Gpu
+        !matches!(self, BackendKind::Gpu | BackendKind::LlamaCpp)
     }
 
-    /// The built-in provider profile the id names; `None` for `ort` and `gpu`.
+    /// The built-in provider profile the id names; `None` for `ort`, `gpu` and `llama-cpp`.
     pub fn provider(self) -> Option<&'static str> {
         match self {
             BackendKind::OrtCpu => Some("cpu"),
@@ -89,7 +93,7 @@ impl BackendKind {
             BackendKind::OrtCuda => Some("cuda"),
             BackendKind::OrtCoreml => Some("coreml"),
             BackendKind::OrtXnnpack => Some("xnnpack"),
-            BackendKind::Ort | BackendKind::Gpu => None,
+            BackendKind::Ort | BackendKind::Gpu | BackendKind::LlamaCpp => None,
         }
     }
 }
@@ -183,7 +187,8 @@ impl FromStr for BackendSpec {
 /// Options shared by every backend; each uses what applies to it.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// CPU threads for ONNX Runtime; `None` lets it choose.
+    /// CPU threads for ONNX Runtime and llama.cpp; `None` lets ONNX Runtime choose and
+    /// gives llama.cpp every core.
     pub threads: Option<usize>,
     /// The ONNX Runtime library for every ONNX Runtime backend whose id names no runtime;
     /// `None` means `ORT_DYLIB_PATH`, then the pinned runtime that carries the backend's
@@ -341,6 +346,21 @@ pub fn load_spec(
             };
             Arc::new(lockstep_gpu::GpuBackend::load_dir(model_dir, gpu_opts)?)
         }
+        BackendKind::LlamaCpp => {
+            if opts.provider.is_some() || opts.fallback.is_some() {
+                return Err(Error::InvalidInput(
+                    "--provider and --fallback choose ONNX Runtime execution providers; they do not apply to --backend llama-cpp".into(),
+                ));
+            }
+            let gguf = llama_cpp_gguf(model_dir, opts.progress)?;
+            let llama_opts = lockstep_llamacpp::LlamaCppOptions {
+                threads: opts.threads,
+            };
+            Arc::new(lockstep_llamacpp::LlamaCppBackend::load(
+                &gguf,
+                &llama_opts,
+            )?)
+        }
         ort_kind => {
             let choice = opts.provider_choice(ort_kind)?;
             let runtime = spec.runtime.as_deref();
@@ -379,5 +399,41 @@ pub fn load_spec(
             }
             loaded.backend
         }
+    })
+}
+
+/// The GGUF llama.cpp runs for the converted model in `model_dir`: the original file the
+/// model was converted from (found by its sha256 among the built-in models' sources and
+/// fetched if the cache lacks it, or lying in `model_dir` itself), or, for a synthetic
+/// model, one written from the model's own ONNX weights.
+pub fn llama_cpp_gguf(model_dir: &Path, progress: bool) -> Result<PathBuf> {
+    let package = lockstep_model::package::ModelPackage::open(model_dir)?;
+    let source = &package.manifest.source;
+    if source.kind != "gguf" {
+        return lockstep_model::convert::package_gguf(&package);
+    }
+    let sha = source.sha256.as_deref().unwrap_or_default();
+    for name in lockstep_fetch::manifest::ModelManifest::builtin_names() {
+        let manifest = lockstep_fetch::manifest::ModelManifest::builtin(name)?;
+        if manifest.gguf.sha256.eq_ignore_ascii_case(sha) {
+            let cache = Cache::from_env()?;
+            return lockstep_fetch::fetch::fetch_gguf(&manifest, &cache, progress);
+        }
+    }
+    let beside = model_dir.join(&source.file);
+    if !source.file.is_empty() && beside.is_file() {
+        let found = lockstep_fetch::cache::sha256_file(&beside)?;
+        if found.eq_ignore_ascii_case(sha) {
+            return Ok(beside);
+        }
+    }
+    Err(Error::Unavailable {
+        backend: BackendKind::LlamaCpp.id().into(),
+        reason: format!(
+            "it runs the GGUF a model was converted from; {} was converted from '{}' (sha256 {sha}), which is not a built-in model's source: copy that file into {}",
+            model_dir.display(),
+            source.file,
+            model_dir.display()
+        ),
     })
 }

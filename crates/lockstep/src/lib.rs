@@ -20,7 +20,9 @@ mod backends;
 mod models;
 pub mod summary;
 
-pub use backends::{load_backend, load_spec, ort_runtime, BackendKind, BackendSpec, LoadOptions};
+pub use backends::{
+    llama_cpp_gguf, load_backend, load_spec, ort_runtime, BackendKind, BackendSpec, LoadOptions,
+};
 pub use lockstep_core::{
     Backend, BackendInfo, Error, ModelConfig, Result, Session, SessionOptions, Want,
 };

@@ -10,6 +10,7 @@ pub mod graph_coreml;
 pub mod names;
 mod quantize;
 mod synthetic;
+mod to_gguf;
 
 pub use graph::{
     join_nibbles, past_key, past_value, present_key, present_value, split_nibbles, ATTENTION_MASK,
@@ -17,6 +18,7 @@ pub use graph::{
 };
 pub use quantize::{q8_0_to_matrix, quantize_q4, quantize_q8, relative_error, BLOCK};
 pub use synthetic::{gemma3_1b_config, gemma3_4b_config, synthetic_weights, tiny_config};
+pub use to_gguf::{gguf_from_weights, package_gguf, PACKAGE_GGUF_FILE};
 
 use std::path::{Path, PathBuf};
 
@@ -101,8 +103,9 @@ pub struct ConvertReport {
     pub manifest: PackageManifest,
 }
 
-/// Reads the architecture facts from a Gemma 3 GGUF's metadata. The values Gemma 3 does
-/// not store (the local RoPE theta, the 5:1 local/global pattern) are the architecture's.
+/// Reads the architecture facts from a Gemma 3 GGUF's metadata. The values Gemma 3's files
+/// do not store (the local RoPE theta, the 5:1 local/global pattern) are the
+/// architecture's unless the file has llama.cpp's keys for them.
 pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
     let arch = gguf
         .get("general.architecture")
@@ -223,8 +226,16 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
         context_length: usize::try_from(num("context_length")?).unwrap_or(usize::MAX),
         rms_norm_eps: eps,
         sliding_window: num("attention.sliding_window").unwrap_or(512) as usize,
-        global_every: 6,
-        rope_theta_local: 10_000.0,
+        // Gemma 3's own files store neither: 5 sliding layers then a global one, local
+        // theta 10,000. A GGUF may say otherwise (lockstep's synthetic models do).
+        global_every: match gguf.get("gemma3.attention.sliding_window_pattern") {
+            Some(_) => size("attention.sliding_window_pattern")?,
+            None => 6,
+        },
+        rope_theta_local: gguf
+            .get("gemma3.rope.freq_base_swa")
+            .and_then(|v| v.as_f32())
+            .unwrap_or(10_000.0),
         rope_theta_global: gguf
             .get("gemma3.rope.freq_base")
             .and_then(|v| v.as_f32())

@@ -1,4 +1,5 @@
-//! A GGUF reader and dequantizer written to be safe on hostile files.
+//! A GGUF reader and dequantizer written to be safe on hostile files, and a writer
+//! ([`GgufWriter`]).
 //!
 //! [`GgufFile::open`] reads the header, the metadata and the tensor infos; tensor data is
 //! read on demand ([`GgufFile::read_raw`], [`GgufFile::dequantize`]) with a seek and a
@@ -16,9 +17,11 @@
 mod dequant;
 mod meta;
 mod types;
+mod write;
 
 pub use meta::{MetaArray, MetaValue};
 pub use types::GgmlType;
+pub use write::{GgufWriter, GGUF_VERSION};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
