@@ -1,5 +1,6 @@
 //! `lockstep providers`: every ONNX Runtime package of the runtime table, whether it is
-//! fetched, the execution providers it carries, and which provider profiles run here.
+//! fetched, the execution providers it carries, which provider profiles run here, and the
+//! engines compiled into lockstep (gpu, llama-cpp).
 //!
 //! Each fetched library is asked in a host process of its own (one ONNX Runtime library per
 //! process), so one command can check them all.
@@ -179,6 +180,32 @@ pub fn providers(args: ProvidersArgs) -> Result<ExitCode> {
             report.built_with.join(", ")
         );
     }
+    // Engines compiled into this binary: nothing to fetch, they run wherever it runs.
+    println!();
+    println!("Engines compiled into lockstep:");
+    let llama = lockstep_llamacpp::compiled_cpu_features();
+    table(
+        &["backend", "engine", "runs here"],
+        &[
+            vec![
+                "gpu".into(),
+                "lockstep's WGSL kernels on wgpu (Vulkan, Metal, D3D12)".into(),
+                "when a GPU adapter is found (`lockstep run -b gpu` says which)".into(),
+            ],
+            vec![
+                lockstep_llamacpp::BACKEND_ID.into(),
+                format!("llama.cpp, {}", lockstep_llamacpp::PACKAGE),
+                format!(
+                    "yes: CPU, kernels for {}; runs the model's original GGUF",
+                    if llama.is_empty() {
+                        "the baseline instruction set".to_string()
+                    } else {
+                        llama.join(" ")
+                    }
+                ),
+            ],
+        ],
+    );
     println!();
     println!("Run one with `lockstep run --backend ort-NAME` (a runtime after a colon picks another package: ort-cpu:1.32.0); `lockstep inspect --provider NAME` shows where the model's nodes run; --fallback cpu allows the CPU where a provider cannot run.");
     Ok(ExitCode::SUCCESS)

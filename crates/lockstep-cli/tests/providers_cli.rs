@@ -57,6 +57,13 @@ fn providers_lists_every_runtime_and_profile() {
         "{stdout}"
     );
     assert_eq!(cpu[4], "yes", "{stdout}");
+    // The compiled-in engines, llama.cpp with the instruction sets it was built for.
+    let llama = row(&stdout, "llama-cpp");
+    assert_eq!(llama[1..3], ["llama.cpp,", "llama-cpp-sys-2"], "{stdout}");
+    assert!(
+        stdout.contains("runs the model's original GGUF"),
+        "{stdout}"
+    );
     // CoreML: no pinned runtime carries it on Linux, and the row says what would.
     if cfg!(target_os = "linux") {
         let coreml = row(&stdout, "coreml");
@@ -154,6 +161,19 @@ fn conflicting_backend_and_provider() {
         "Hi",
     ]);
     assert!(one_error_line(&out).contains("do not apply to --backend gpu"));
+    let out = lockstep(&[
+        "run",
+        "-m",
+        "gemma3-tiny",
+        "-b",
+        "llama-cpp",
+        "--fallback",
+        "cpu",
+        "Hi",
+    ]);
+    assert!(one_error_line(&out).contains("do not apply to --backend llama-cpp"));
+    let out = lockstep(&["run", "-m", "gemma3-tiny", "-b", "llama-cpp:1.32.0", "Hi"]);
+    assert!(one_error_line(&out).contains("only ONNX Runtime backends (ort-*)"));
     let out = lockstep(&["run", "-m", "gemma3-tiny", "--provider", "tpu", "Hi"]);
     assert!(one_error_line(&out).contains("unknown provider 'tpu'"));
 }

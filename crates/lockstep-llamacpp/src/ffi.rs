@@ -28,7 +28,10 @@ pub(crate) fn init() {
 }
 
 /// llama.cpp prints every metadata key and tensor count while loading: that goes to
-/// `tracing` (RUST_LOG=lockstep_llamacpp=debug shows it), warnings and errors as such.
+/// `tracing` at debug level (RUST_LOG=lockstep_llamacpp=debug shows it). So do its
+/// warnings: they are about the full-size sliding-window cache chosen here and token types
+/// it corrects in the vocabulary, never about a step's result (a failed step returns an
+/// error code, which becomes an error). Its errors stay errors.
 unsafe extern "C" fn log_to_tracing(
     level: sys::ggml_log_level,
     text: *const c_char,
@@ -45,7 +48,6 @@ unsafe extern "C" fn log_to_tracing(
     }
     match level {
         sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "lockstep_llamacpp", "{text}"),
-        sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "lockstep_llamacpp", "{text}"),
         _ => tracing::debug!(target: "lockstep_llamacpp", "{text}"),
     }
 }

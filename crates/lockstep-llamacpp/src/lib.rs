@@ -122,17 +122,28 @@ fn precision(gguf: &GgufFile) -> String {
     )
 }
 
-/// The SIMD levels ggml was compiled for, e.g. `; AVX2 FMA F16C`.
-fn cpu_features() -> String {
-    let text = ffi::system_info();
-    let on: Vec<&str> = text
-        .split('|')
+/// The CPU features ggml's kernels were compiled for (`AVX2`, `FMA`, `NEON`, ...), as
+/// llama.cpp reports them: what `lockstep providers` shows for this backend.
+pub fn compiled_cpu_features() -> Vec<String> {
+    parse_system_info(&ffi::system_info())
+}
+
+/// `CPU : SSE3 = 1 | AVX2 = 1 | LLAMAFILE = 1 | ...` -> the SIMD features that are on.
+fn parse_system_info(text: &str) -> Vec<String> {
+    text.split('|')
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             let k = k.trim().rsplit(':').next()?.trim();
-            (v.trim() == "1" && !matches!(k, "LLAMAFILE" | "OPENMP" | "REPACK")).then_some(k)
+            // Build options, not instruction sets.
+            let option = matches!(k, "LLAMAFILE" | "OPENMP" | "REPACK");
+            (v.trim() == "1" && !option).then(|| k.to_string())
         })
-        .collect();
+        .collect()
+}
+
+/// `; AVX2 FMA F16C` for the device string.
+fn cpu_features() -> String {
+    let on = compiled_cpu_features();
     if on.is_empty() {
         String::new()
     } else {
@@ -192,5 +203,48 @@ impl Backend for LlamaCppBackend {
             max_tokens,
             batch,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_info_gives_the_instruction_sets_that_are_on() {
+        let text = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 0 | LLAMAFILE = 1 | OPENMP = 0 | REPACK = 1 | ";
+        assert_eq!(
+            parse_system_info(text),
+            ["SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA"]
+        );
+        assert!(parse_system_info("").is_empty());
+    }
+
+    #[test]
+    fn this_build_reports_what_it_was_compiled_for() {
+        let features = compiled_cpu_features();
+        // .cargo/config.toml asks for AVX2 on x86-64 (as this crate is compiled, so does
+        // llama.cpp); the environment may turn it off for an older CPU.
+        let asked = option_env!("GGML_AVX2") == Some("ON") && cfg!(target_arch = "x86_64");
+        assert_eq!(features.iter().any(|f| f == "AVX2"), asked, "{features:?}");
+    }
+
+    #[test]
+    fn a_missing_or_broken_gguf_is_one_clear_error() {
+        let dir = std::env::temp_dir().join(format!("lockstep-llamacpp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.gguf");
+        let e = LlamaCppBackend::load(&missing, &LlamaCppOptions::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("cannot open GGUF file"), "{e}");
+        let broken = dir.join("broken.gguf");
+        std::fs::write(&broken, b"GGUF\x03\0\0\0").unwrap();
+        let e = LlamaCppBackend::load(&broken, &LlamaCppOptions::default())
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(e.to_string().contains("truncated GGUF"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

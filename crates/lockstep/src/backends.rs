@@ -417,6 +417,12 @@ pub fn llama_cpp_gguf(model_dir: &Path, progress: bool) -> Result<PathBuf> {
         let manifest = lockstep_fetch::manifest::ModelManifest::builtin(name)?;
         if manifest.gguf.sha256.eq_ignore_ascii_case(sha) {
             let cache = Cache::from_env()?;
+            // A file under its final name was verified when it was written (as
+            // FetchedSources::locate trusts it): no second hash of 250 MB per load.
+            let cached = cache.sources_dir(&manifest.name).join(&manifest.gguf.file);
+            if std::fs::metadata(&cached).is_ok_and(|m| m.len() == manifest.gguf.size) {
+                return Ok(cached);
+            }
             return lockstep_fetch::fetch::fetch_gguf(&manifest, &cache, progress);
         }
     }
