@@ -122,7 +122,7 @@ fn an_unknown_backend_is_unavailable_never_passed() {
     assert!(b.unavailable.as_deref().unwrap().contains("ort-coreml"));
     assert_eq!(report.unavailable(), vec!["ort-coreml"]);
     let md = report.to_markdown();
-    assert!(md.contains("| ort-coreml | — | unavailable: "), "{md}");
+    assert!(md.contains("| ort-coreml | — | — | unavailable: "), "{md}");
     assert!(md.contains("not passed: ort-coreml"), "{md}");
 }
 
