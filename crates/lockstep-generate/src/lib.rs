@@ -27,6 +27,7 @@ mod sampling;
 mod stop;
 pub mod testing;
 mod tokenizer;
+mod tokenizer_file;
 
 pub use chat::Chat;
 pub use detok::Detokenizer;

@@ -1,6 +1,7 @@
 //! The Gemma tokenizer and chat template.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use lockstep_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -43,9 +44,11 @@ impl Message {
 }
 
 /// A `tokenizers` tokenizer plus what `tokenizer_config.json` says about BOS and chat.
+///
+/// Cloning is cheap: clones share one tokenizer (Gemma's holds about 100 MB).
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Arc<tokenizers::Tokenizer>,
     bos_id: u32,
     bos_text: String,
     chat_template: Option<String>,
@@ -60,12 +63,18 @@ impl Tokenizer {
         let json = dir.join("tokenizer.json");
         let bytes =
             std::fs::read(&json).map_err(|e| Error::io("reading the tokenizer", &json, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+        let invalid = |e: String| {
             Error::Model(format!(
                 "{}: not a valid tokenizer.json: {e}",
                 json.display()
             ))
-        })?;
+        };
+        let inner = match crate::tokenizer_file::parse_bpe(bytes).map_err(invalid)? {
+            Ok(t) => t,
+            Err(bytes) => {
+                tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))?
+            }
+        };
         let cfg_path = dir.join("tokenizer_config.json");
         let config = match std::fs::read(&cfg_path) {
             Ok(b) => Some(
@@ -111,7 +120,7 @@ impl Tokenizer {
         }
         let vocab_size = inner.get_vocab_size(true);
         Ok(Self {
-            inner,
+            inner: Arc::new(inner),
             bos_id,
             bos_text,
             chat_template,

@@ -118,3 +118,28 @@ fn detokenizing_one_id_at_a_time_equals_decoding_all() {
     assert_eq!(out, t.decode(&ids).unwrap());
     assert_eq!(out, text);
 }
+
+/// The low-memory reader builds the very tokenizer `tokenizers` builds: same vocabulary,
+/// merges and ranks, added tokens, normalizer, pre-tokenizer, post-processor and decoder
+/// (their serializations are equal), and the same ids on text that exercises them.
+#[test]
+fn low_memory_reader_builds_the_same_tokenizer() {
+    let ours = gemma();
+    let bytes = std::fs::read(source_dir().join("tokenizer.json")).unwrap();
+    let theirs = tokenizers::Tokenizer::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        ours.inner().to_string(false).unwrap(),
+        theirs.to_string(false).unwrap()
+    );
+    for text in [
+        "Hello world",
+        "  two  spaces, a\ttab and\nnewlines\n\n",
+        "<start_of_turn>user\nHi<end_of_turn>\n<unused42>",
+        "日本の首都は東京です。 emoji 🦀 and bytes \u{1F9E0}",
+        "fn main() { println!(\"{}\", 1 + 2); }",
+    ] {
+        let a = ours.inner().encode_fast(text, false).unwrap();
+        let b = theirs.encode_fast(text, false).unwrap();
+        assert_eq!(a.get_ids(), b.get_ids(), "{text:?}");
+    }
+}

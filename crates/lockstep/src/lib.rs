@@ -17,6 +17,7 @@
 //! ```
 
 mod backends;
+pub mod heap;
 mod models;
 pub mod summary;
 

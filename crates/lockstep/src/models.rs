@@ -154,6 +154,7 @@ impl Model {
         let dir = resolve_model(name_or_dir, load_options.progress)?;
         let package = ModelPackage::open(&dir)?;
         let tokenizer = Tokenizer::from_dir(&dir)?;
+        crate::heap::trim();
         Ok(Self {
             dir,
             package,
@@ -182,7 +183,9 @@ impl Model {
     /// backend on another pinned runtime, `ort-cpu:1.32.0`.
     pub fn backend(&self, backend: &str) -> Result<Arc<dyn lockstep_core::Backend>> {
         let spec: BackendSpec = backend.parse()?;
-        load_spec(&spec, &self.dir, &self.load_options)
+        let loaded = load_spec(&spec, &self.dir, &self.load_options);
+        crate::heap::trim();
+        loaded
     }
 
     /// A generator: the shared loop driving this model on `backend`.
