@@ -43,7 +43,15 @@ fn compile(source: &str, link: Link, out_dir: &Path) -> PathBuf {
         .arg(&exe);
     match link {
         Link::Static => {
+            // llama.cpp (the llama-cpp backend) is C++: the static library needs the C++
+            // standard library, which a C compiler does not link by itself.
+            let cxx = if cfg!(target_os = "macos") {
+                "-lc++"
+            } else {
+                "-lstdc++"
+            };
             cmd.arg(lib.join("liblockstep_ffi.a")).args([
+                cxx,
                 "-lpthread",
                 "-ldl",
                 "-lm",
