@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! cargo run --release -p lockstep-gpu --example gpu_bench -- --model /path/to/model_dir
-//! cargo run --release -p lockstep-gpu --example gpu_bench -- --random   # Gemma 3 270M shapes, random weights
-//!     [--prompt-tokens 512] [--gen 128] [--profile] [--check] [--adapter NAME]
+//! cargo run --release -p lockstep-gpu --example gpu_bench -- --random [--shape 270m|1b|4b]   # real shapes, random weights
+//!     [--prompt-tokens 512] [--gen 128] [--profile] [--check] [--adapter NAME] [--no-run-ahead]
+//!     [--max-batch N] [--min-tiles N] [--tiled-min N]
 //! ```
 //! Speed does not depend on weight values, so `--random` measures the real model's cost on
 //! a machine without the model files. `--check` compares a short greedy run and its logits
@@ -32,7 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let weights = match value("--model") {
         Some(dir) => ModelWeights::load(&PathBuf::from(dir))?,
-        None if flag("--random") => random_weights(&ModelConfig::gemma3_270m(), 1),
+        None if flag("--random") => {
+            let config = match value("--shape").as_deref() {
+                None | Some("270m") => ModelConfig::gemma3_270m(),
+                Some("1b") => lockstep_model::convert::gemma3_1b_config(),
+                Some("4b") => lockstep_model::convert::gemma3_4b_config(),
+                Some(other) => return Err(format!("--shape {other}: use 270m, 1b or 4b").into()),
+            };
+            random_weights(&config, 1)
+        }
         None => return Err("pass --model DIR or --random".into()),
     };
     eprintln!("weights ready in {:.1?}", t.elapsed());
@@ -40,6 +49,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = GpuOptions {
         profile: flag("--profile"),
         adapter: value("--adapter"),
+        run_ahead: !flag("--no-run-ahead"),
+        max_batch: value("--max-batch").map_or(512, |v| v.parse().unwrap()),
+        attention_min_tiles: value("--min-tiles").map_or(1, |v| v.parse().unwrap()),
+        tiled_min_tokens: value("--tiled-min").map_or(16, |v| v.parse().unwrap()),
         ..Default::default()
     };
     let t = Instant::now();

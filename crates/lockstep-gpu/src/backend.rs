@@ -29,16 +29,27 @@ pub struct GpuOptions {
     /// Time every dispatch with GPU timestamps (see [`GpuSession::profile`]). Costs a
     /// read-back per step; ignored where the device has no timestamps inside passes.
     pub profile: bool,
+    /// Submit the next greedy one-token step before the host has read the current one's id
+    /// (see `GpuSession`'s run-ahead). Off only to measure what it gains.
+    pub run_ahead: bool,
+    /// Fewest 32-key tiles one split-K attention workgroup takes: contexts up to this many
+    /// tiles run in one workgroup per head and need no combine pass.
+    pub attention_min_tiles: usize,
+    /// Steps of at least this many tokens run the tiled prefill matmul.
+    pub tiled_min_tokens: usize,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
         Self {
             adapter: None,
-            max_batch: 64,
+            max_batch: 512,
             ring_history: 512,
             max_embed_chunk_rows: None,
             profile: false,
+            run_ahead: true,
+            attention_min_tiles: 1,
+            tiled_min_tokens: crate::kernels::TILED_MIN_TOKENS,
         }
     }
 }

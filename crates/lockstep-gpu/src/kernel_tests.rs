@@ -152,6 +152,11 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 fn matmul_case(bits: u8, n: usize, k: usize, m: usize, seed: u64) {
+    let tiled = m >= crate::kernels::TILED_MIN_TOKENS;
+    matmul_entry_case(bits, n, k, m, seed, tiled);
+}
+
+fn matmul_entry_case(bits: u8, n: usize, k: usize, m: usize, seed: u64, tiled: bool) {
     let mut rng = Rng::new(seed);
     let values = rng.vec(n * k, 1.0);
     let w = if bits == 4 {
@@ -163,16 +168,20 @@ fn matmul_case(bits: u8, n: usize, k: usize, m: usize, seed: u64) {
     // Output rows of 3 + n + 5 values, this matrix at offset 3: as the LM head's chunks write.
     let (stride, offset) = (n + 8, 3);
     let params = [n as u32, k as u32, stride as u32, offset as u32];
-    let entry = match (bits, m) {
-        (4, 1) => "matvec_q4",
-        (4, _) => "matmul_q4",
-        (_, 1) => "matvec_q8",
+    let entry = match (bits, m, tiled) {
+        (4, _, true) => "matmul_tiled_q4",
+        (_, _, true) => "matmul_tiled_q8",
+        (4, 1, _) => "matvec_q4",
+        (4, _, _) => "matmul_q4",
+        (_, 1, _) => "matvec_q8",
         _ => "matmul_q8",
     };
-    let groups = (
-        n.div_ceil(if m == 1 { 32 } else { 8 }) as u32,
-        if m == 1 { 1 } else { m.div_ceil(8) as u32 },
-    );
+    let (rows, tokens) = match (m, tiled) {
+        (_, true) => (64, 64),
+        (1, _) => (32, 1),
+        _ => (8, 8),
+    };
+    let groups = (n.div_ceil(rows) as u32, m.div_ceil(tokens) as u32);
     let out = run(
         &gpu().kernels.matmul,
         entry,
@@ -219,6 +228,16 @@ fn matvec_q4_matches_cpu() {
 fn matmul_q4_matches_cpu() {
     matmul_case(4, 37, 96, 11, 3);
     matmul_case(4, 16, 64, 2, 4);
+}
+
+/// The prefill kernel: partial tiles in both directions (rows past n, tokens past m),
+/// several blocks, and a step smaller than one tile.
+#[test]
+fn matmul_tiled_matches_cpu() {
+    matmul_entry_case(4, 37, 96, 11, 7, true);
+    matmul_entry_case(4, 130, 160, 70, 8, true);
+    matmul_entry_case(8, 45, 64, 9, 9, true);
+    matmul_entry_case(8, 129, 96, 65, 10, true);
 }
 
 #[test]
@@ -378,7 +397,7 @@ struct AttnParams {
     eps_or_window: u32,
     scale: f32,
     slots: u32,
-    pad: u32,
+    min_tiles: u32,
 }
 
 #[test]
@@ -401,7 +420,7 @@ fn qk_norm_rope_matches_cpu() {
         eps_or_window: eps.to_bits(),
         scale: 0.0,
         slots: 0,
-        pad: 0,
+        min_tiles: 0,
     };
     let out = run(
         &gpu().kernels.rope,
@@ -463,7 +482,7 @@ fn attention_case(
     cap: usize,
     pos0: usize,
     m: usize,
-    slots: usize,
+    (slots, min_tiles): (usize, usize),
     seed: u64,
 ) {
     let hd = 32;
@@ -489,15 +508,19 @@ fn attention_case(
         eps_or_window: window as u32,
         scale,
         slots: slots as u32,
-        pad: 0,
+        min_tiles: min_tiles as u32,
     };
-    let (chunk_keys, chunks) = crate::kernels::attention_split(m, pos0, window, slots);
+    let (chunk_keys, chunks) = crate::kernels::attention_split(m, pos0, window, slots, min_tiles);
+    let partial = ("attention_partial", (chunks as u32, (m * nkv) as u32));
+    let combine = ("attention_combine", (nh as u32, m as u32));
+    let passes: &[_] = if chunks > 1 {
+        &[partial, combine]
+    } else {
+        &[partial]
+    };
     let out = run_passes(
         &gpu().kernels.attention,
-        &[
-            ("attention_partial", (chunks as u32, (m * nkv) as u32)),
-            ("attention_combine", (nh as u32, m as u32)),
-        ],
+        passes,
         Bindings {
             uniforms: 2,
             data: vec![
@@ -537,7 +560,7 @@ fn attention_case(
     check(
         &format!(
             "attention heads={nh}/{nkv} window={window} cap={cap} pos0={pos0} m={m} \
-             slots={slots} ({chunks} chunks of {chunk_keys} keys)"
+             slots={slots} min_tiles={min_tiles} ({chunks} chunks of {chunk_keys} keys)"
         ),
         &f32s(&out[7]),
         &want,
@@ -548,30 +571,41 @@ fn attention_case(
 #[test]
 fn attention_matches_cpu() {
     // Global: all keys, several chunks of one tile each.
-    attention_case((4, 2), 0, 200, 150, 3, 96, 10);
+    attention_case((4, 2), 0, 200, 150, 3, (96, 1), 10);
     // Sliding window in a ring that has wrapped: the ring keeps window + m - 1 slots.
-    attention_case((4, 2), 8, 8 + 4 - 1, 30, 4, 128, 11);
+    attention_case((4, 2), 8, 8 + 4 - 1, 30, 4, (128, 1), 11);
     // Window larger than a tile, ring wrapped several times.
-    attention_case((4, 2), 100, 110, 500, 2, 64, 12);
+    attention_case((4, 2), 100, 110, 500, 2, (64, 1), 12);
     // First positions: fewer keys than the window.
-    attention_case((4, 2), 8, 11, 0, 4, 128, 13);
+    attention_case((4, 2), 8, 11, 0, 4, (128, 1), 13);
 }
 
 #[test]
 fn split_k_attention_across_chunks_windows_and_wraps() {
     // Decode, 4 query heads on one KV head (Gemma 3 270M's grouping): chunk boundaries
     // inside the window, a partly filled last tile, the ring wrapped.
-    attention_case((4, 1), 70, 70, 333, 1, 64, 20);
+    attention_case((4, 1), 70, 70, 333, 1, (64, 1), 20);
     // Few slots: several tiles per chunk (online softmax inside a chunk), global layer.
-    attention_case((4, 1), 0, 400, 300, 1, 3, 21);
+    attention_case((4, 1), 0, 400, 300, 1, (3, 1), 21);
     // Prefill step over a window: tokens with different key counts share a split, and
     // the ring holds window + m - 1 slots, wrapped.
-    attention_case((4, 1), 40, 40 + 7 - 1, 95, 7, 7 * 2, 22);
+    attention_case((4, 1), 40, 40 + 7 - 1, 95, 7, (7 * 2, 1), 22);
     // Exactly one tile's worth of keys, and a window that is a multiple of the tile.
-    attention_case((4, 1), 64, 64, 31, 1, 32, 23);
-    attention_case((4, 1), 64, 70, 200, 1, 32, 24);
+    attention_case((4, 1), 64, 64, 31, 1, (32, 1), 23);
+    attention_case((4, 1), 64, 70, 200, 1, (32, 1), 24);
     // One query head per KV head.
-    attention_case((2, 2), 0, 90, 80, 2, 16, 25);
+    attention_case((2, 2), 0, 90, 80, 2, (16, 1), 25);
+}
+
+/// Short contexts in one chunk per token: the partial pass writes the result itself and
+/// no combine runs (GpuOptions::attention_min_tiles).
+#[test]
+fn one_chunk_attention_needs_no_combine() {
+    // Decode with 333 keys in a 70-key window: all 3 tiles in one chunk.
+    attention_case((4, 1), 70, 70, 333, 1, (64, 8), 30);
+    // Prefill of 7 tokens on a global layer, several tiles in one chunk.
+    attention_case((4, 1), 0, 200, 95, 7, (7 * 32, 16), 31);
+    attention_case((4, 2), 0, 200, 150, 3, (96, 16), 32);
 }
 
 #[test]

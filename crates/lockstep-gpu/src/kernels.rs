@@ -15,6 +15,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("add_norm.wgsl", include_str!("kernels/add_norm.wgsl")),
     ("matmul.wgsl", include_str!("kernels/matmul.wgsl")),
     (
+        "matmul_tiled.wgsl",
+        include_str!("kernels/matmul_tiled.wgsl"),
+    ),
+    (
         "qk_norm_rope.wgsl",
         include_str!("kernels/qk_norm_rope.wgsl"),
     ),
@@ -27,6 +31,12 @@ pub const SOURCES: &[(&str, &str)] = &[
 pub(crate) const MATMUL_ROWS: u32 = 8;
 /// Tokens one prefill matmul workgroup computes (`TM` in matmul.wgsl).
 pub(crate) const MATMUL_TOKENS: u32 = 8;
+/// Tokens and rows of one tiled prefill matmul workgroup (`BT`, `BR` in matmul_tiled.wgsl).
+pub(crate) const TILED_TOKENS: u32 = 64;
+pub(crate) const TILED_ROWS: u32 = 64;
+/// Steps of more tokens than this take the tiled matmul; fewer take matmul.wgsl's, which
+/// reads each weight once per 8 tokens without staging tiles.
+pub(crate) const TILED_MIN_TOKENS: usize = 16;
 /// Rows of a matrix one matvec (single-token) workgroup computes (`MV_ROWS` in matmul.wgsl).
 pub(crate) const MATVEC_ROWS: u32 = 32;
 /// Workgroups of the argmax's first stage (`NG` in argmax.wgsl).
@@ -37,19 +47,25 @@ pub(crate) const GEGLU_WG: u32 = 64;
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// Most query heads sharing one KV head (`MAX_G` in attention.wgsl).
 pub(crate) const MAX_GROUP: usize = 4;
-/// Split-K attention partial results per query head, per token of `max_batch`.
-pub(crate) const ATTN_SLOTS_PER_TOKEN: usize = 32;
+/// Split-K attention partial results per query head: at least this many (a decode step
+/// splits its keys up to this many ways), and at least one per token of `max_batch` (a
+/// long step has enough workgroups with one chunk per token).
+pub(crate) const ATTN_MIN_SLOTS: usize = 64;
+/// Most rows of logits one step computes for `Want::All` (262,144 floats each).
+pub(crate) const MAX_LOGIT_ROWS: usize = 64;
 /// Keys per attention tile (`TILE` in attention.wgsl).
 pub(crate) const ATTN_TILE: usize = 32;
 
 /// How a step splits each token's keys over attention workgroups, as attention.wgsl's
 /// `split()` does: (keys per chunk, chunks per token), for a step of `m` tokens from
-/// position `pos0`, a layer `window` (0: global) and `slots` partial results per head.
+/// position `pos0`, a layer `window` (0: global), `slots` partial results per head, and
+/// chunks of at least `min_tiles` tiles.
 pub(crate) fn attention_split(
     m: usize,
     pos0: usize,
     window: usize,
     slots: usize,
+    min_tiles: usize,
 ) -> (usize, usize) {
     let mut nkeys = pos0 + m;
     if window > 0 {
@@ -57,7 +73,7 @@ pub(crate) fn attention_split(
     }
     let tiles = nkeys.div_ceil(ATTN_TILE);
     let maxc = (slots / m).max(1);
-    let per = tiles.div_ceil(maxc);
+    let per = tiles.div_ceil(maxc).max(min_tiles);
     (per * ATTN_TILE, tiles.div_ceil(per))
 }
 
@@ -84,6 +100,24 @@ impl Kernel {
             .find(|(e, _)| *e == entry)
             .unwrap_or_else(|| panic!("no entry point {entry}"))
             .1
+    }
+}
+
+impl Kernel {
+    /// Adds the entry points of another module whose bindings are this kernel's.
+    fn with_module(
+        mut self,
+        device: &wgpu::Device,
+        file: &'static str,
+        entries: &[&'static str],
+    ) -> Self {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(file),
+            source: wgpu::ShaderSource::Wgsl(source(file).into()),
+        });
+        self.pipelines
+            .extend(pipelines(device, file, &self.layout, &module, entries));
+        self
     }
 }
 
@@ -125,7 +159,21 @@ impl Kernels {
                 device,
                 "matmul.wgsl",
                 &[Uniform, Uniform, Read, Read, Read, Write],
-                &["matvec_q4", "matvec_q8", "matmul_q4", "matmul_q8"],
+                &[
+                    "matvec_q4",
+                    "matvec_q8",
+                    "matmul_q4",
+                    "matmul_q8",
+                    "matvec_geglu_q4",
+                    "matvec_geglu_q8",
+                ],
+            )
+            // Same bindings: the prefill kernels share the layout, so one bind group per
+            // matrix serves every entry point.
+            .with_module(
+                device,
+                "matmul_tiled.wgsl",
+                &["matmul_tiled_q4", "matmul_tiled_q8"],
             ),
             rope: build(
                 device,
@@ -208,26 +256,36 @@ fn build(
         label: Some(file),
         entries: &layout_entries,
     });
+    let pipelines = pipelines(device, file, &layout, &module, entries);
+    Kernel { layout, pipelines }
+}
+
+fn pipelines(
+    device: &wgpu::Device,
+    file: &'static str,
+    layout: &wgpu::BindGroupLayout,
+    module: &wgpu::ShaderModule,
+    entries: &[&'static str],
+) -> Vec<(&'static str, wgpu::ComputePipeline)> {
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(file),
-        bind_group_layouts: &[&layout],
+        bind_group_layouts: &[layout],
         push_constant_ranges: &[],
     });
-    let pipelines = entries
+    entries
         .iter()
         .map(|&entry| {
             let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: Some(&pipeline_layout),
-                module: &module,
+                module,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             });
             (entry, p)
         })
-        .collect();
-    Kernel { layout, pipelines }
+        .collect()
 }
 
 /// A bind group whose binding `i` is the whole of `buffers[i]`.

@@ -21,8 +21,8 @@ use lockstep_core::{Error, LayerKind, Logits, Result, Session, Want};
 
 use crate::backend::Inner;
 use crate::kernels::{
-    attention_split, bind, ARGMAX_GROUPS, ATTN_SLOTS_PER_TOKEN, GEGLU_WG, MATMUL_ROWS,
-    MATMUL_TOKENS, MATVEC_ROWS,
+    attention_split, bind, ARGMAX_GROUPS, ATTN_MIN_SLOTS, GEGLU_WG, MATMUL_ROWS, MATMUL_TOKENS,
+    MATVEC_ROWS, MAX_LOGIT_ROWS, TILED_ROWS, TILED_TOKENS,
 };
 use crate::upload::{uniform, GpuMatrix};
 
@@ -49,7 +49,8 @@ struct AttnParams {
     scale: f32,
     /// attention: partial results per query head the scratch buffers hold.
     slots: u32,
-    pad: u32,
+    /// attention: fewest key tiles per split-K chunk.
+    min_tiles: u32,
 }
 
 /// GPU time per kernel class, from timestamps written around every dispatch.
@@ -101,8 +102,13 @@ impl Profiler {
         }
     }
 
-    fn record(&mut self, ctx: &crate::context::GpuContext, labels: &[&'static str]) -> Result<()> {
-        let bytes = read_back(&ctx.device, &self.staging, labels.len() as u64 * 16)?;
+    fn record(
+        &mut self,
+        device: &wgpu::Device,
+        index: &wgpu::SubmissionIndex,
+        labels: &[&'static str],
+    ) -> Result<()> {
+        let bytes = read_back(device, &self.staging, labels.len() as u64 * 16, index)?;
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);
         for (i, &label) in labels.iter().enumerate() {
             let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period;
@@ -124,12 +130,41 @@ impl Profiler {
     }
 }
 
+/// argmax.wgsl's NON_FINITE: the row held a NaN or an infinity.
+const NON_FINITE: u32 = 0xffff_fffe;
+
 /// What a step reads back.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Readout {
     Nothing,
     Logits,
     Argmax,
+}
+
+/// A submitted step whose results are not read yet.
+struct Submitted {
+    index: wgpu::SubmissionIndex,
+    readout: Readout,
+    read_bytes: u64,
+    /// Which of `argmax_staging` holds the id (argmax readouts only).
+    argmax_slot: usize,
+    labels: Vec<&'static str>,
+}
+
+/// Run-ahead greedy decoding. A greedy step ends by copying its argmax id into the
+/// `tokens` buffer, so the next one-token step can be submitted before the host has even
+/// read that id: the GPU computes step t+1 while the host reads step t's id, returns it,
+/// and the loop detokenizes it and checks its stop rules. When the loop then asks for
+/// exactly that token (greedy always does), the step is already running; anything else
+/// (another token, a sampling step, truncate) discards it. Discarding costs nothing but
+/// the GPU time: the step wrote only position `pos` of the KV cache, which the session
+/// does not count as held, and which the next step at that position overwrites.
+struct RunAhead {
+    submitted: Submitted,
+    /// Its position: the session's `len` when it was submitted.
+    pos: usize,
+    /// The token it runs (the previous step's argmax), once the host has read that id.
+    input: Option<u32>,
 }
 
 struct LayerGroups {
@@ -141,6 +176,8 @@ struct LayerGroups {
     /// Post-attention norm + residual + pre-FFN norm (add_norm.wgsl).
     post_attn: wgpu::BindGroup,
     gate_up: wgpu::BindGroup,
+    /// gate|up straight into the activation (one-token steps: matvec_geglu).
+    gate_up_act: wgpu::BindGroup,
     geglu: wgpu::BindGroup,
     down: wgpu::BindGroup,
     /// Post-FFN norm + residual, fused with the next layer's input norm (add_norm.wgsl)
@@ -164,6 +201,16 @@ pub struct GpuSession {
     logits: wgpu::Buffer,
     argmax: wgpu::Buffer,
     staging: wgpu::Buffer,
+    /// Two small read-back buffers for argmax ids, so that the id of one greedy step can be
+    /// read while the next step, already submitted, still needs the other.
+    argmax_staging: [wgpu::Buffer; 2],
+    /// The `argmax_staging` buffer the next argmax read-back uses.
+    argmax_slot: usize,
+    /// A greedy step submitted ahead of the caller's request (see [`RunAhead`]).
+    ahead: Option<RunAhead>,
+    /// Whether greedy steps may be submitted ahead (off while profiling: the profiler reads
+    /// each step's timestamps as it completes).
+    run_ahead: bool,
     embed_groups: Vec<wgpu::BindGroup>,
     layer_groups: Vec<LayerGroups>,
     final_norm_group: wgpu::BindGroup,
@@ -213,6 +260,7 @@ impl GpuSession {
         let max_binding = ctx.max_binding_bytes();
         let max_batch = inner.opts.max_batch.clamp(1, max_tokens);
         let logit_rows = max_batch
+            .min(MAX_LOGIT_ROWS)
             .min((max_binding / (4 * c.vocab_size as u64)) as usize)
             .max(1);
         let ring_cap = (c.sliding_window + max_batch - 1 + inner.opts.ring_history).min(max_tokens);
@@ -251,7 +299,7 @@ impl GpuSession {
         let argmax = f32s("argmax", 1);
         let argmax_part = f32s("argmax partials", 2 * ARGMAX_GROUPS as usize);
         // Split-K attention scratch: partial (max, sum, output) per chunk and query head.
-        let attn_slots = max_batch * ATTN_SLOTS_PER_TOKEN;
+        let attn_slots = max_batch.max(ATTN_MIN_SLOTS);
         let part_acc = f32s("attention partials", attn_slots * c.num_heads * c.head_dim);
         let part_ml = f32s("attention partial max/sum", attn_slots * c.num_heads * 2);
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
@@ -270,6 +318,18 @@ impl GpuSession {
         };
         let batch = batch_buffer("batch");
         let lm_batch = batch_buffer("lm batch");
+        let id_staging = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let argmax_staging = [
+            id_staging("argmax staging 0"),
+            id_staging("argmax staging 1"),
+        ];
 
         let w = &inner.weights;
         let k = &inner.kernels;
@@ -290,7 +350,7 @@ impl GpuSession {
                 },
                 scale: c.attn_scale,
                 slots: attn_slots as u32,
-                pad: 0,
+                min_tiles: inner.opts.attention_min_tiles as u32,
             };
             uniform(device, "attention params", &p)
         };
@@ -369,6 +429,7 @@ impl GpuSession {
                 o: mm(&lw.o, &att, &proj),
                 post_attn: add_norm(&lw.post_attn_norm, &lw.pre_ffn_norm),
                 gate_up: mm(&lw.gate_up, &xn, &gu),
+                gate_up_act: mm(&lw.gate_up, &xn, &act),
                 geglu: bind(
                     device,
                     &k.geglu,
@@ -438,6 +499,10 @@ impl GpuSession {
             logits,
             argmax,
             staging,
+            argmax_staging,
+            argmax_slot: 0,
+            ahead: None,
+            run_ahead: inner.opts.run_ahead && !ctx.timestamps,
             embed_groups,
             layer_groups,
             final_norm_group,
@@ -457,6 +522,7 @@ impl GpuSession {
     /// Runs `tokens` in steps; returns the logits `want` asks for, or with `greedy` only the
     /// argmax of the last position (as a one-value "row").
     fn run(&mut self, tokens: &[u32], want: Want, greedy: bool) -> Result<Vec<f32>> {
+        self.discard_ahead();
         let c = &self.inner.config;
         if tokens.is_empty() {
             return Err(Error::InvalidInput(
@@ -492,18 +558,95 @@ impl GpuSession {
                 (Want::Last, true, false) => (1, Readout::Logits),
                 (Want::Last, false, _) => (0, Readout::Nothing),
             };
-            out.extend(self.step(chunk, lm_rows, readout)?);
+            let submitted = self.submit(Some(chunk), chunk.len(), lm_rows, readout)?;
+            self.commit(chunk.len());
+            if readout == Readout::Argmax {
+                self.submit_ahead()?;
+            }
+            out.extend(self.collect(submitted)?);
+        }
+        if greedy {
+            self.ahead_knows(out[0].to_bits());
         }
         Ok(out)
     }
 
-    /// One step: `tokens` at positions `len..`, the LM head on the last `lm_rows` of them.
-    fn step(&mut self, tokens: &[u32], lm_rows: usize, readout: Readout) -> Result<Vec<f32>> {
+    /// A greedy one-token step that the run-ahead step already computes, if `tokens` is
+    /// exactly what it runs: commits it, submits the next one, and returns its id.
+    fn greedy_ahead(&mut self, tokens: &[u32]) -> Result<Option<u32>> {
+        let hit = matches!(&self.ahead, Some(a) if a.pos == self.len && tokens.len() == 1
+            && a.input == Some(tokens[0]));
+        if !hit {
+            return Ok(None);
+        }
+        let ahead = self.ahead.take().expect("checked above");
+        self.commit(1);
+        self.submit_ahead()?;
+        let id = self.collect(ahead.submitted)?[0].to_bits();
+        self.ahead_knows(id);
+        Ok(Some(id))
+    }
+
+    /// Submits a one-token greedy step at the current end whose input is the previous
+    /// step's argmax, still on the device; nothing when the budget has no room for it.
+    fn submit_ahead(&mut self) -> Result<()> {
+        if self.run_ahead && self.len < self.max_tokens {
+            let submitted = self.submit(None, 1, 1, Readout::Argmax)?;
+            self.ahead = Some(RunAhead {
+                submitted,
+                pos: self.len,
+                input: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// The host now knows the id the run-ahead step runs; a non-finite marker means the
+    /// step ran garbage, so it is dropped.
+    fn ahead_knows(&mut self, id: u32) {
+        if id == NON_FINITE {
+            self.discard_ahead();
+        } else if let Some(a) = &mut self.ahead {
+            a.input = Some(id);
+        }
+    }
+
+    /// Forgets a run-ahead step. It wrote position `pos` of the KV cache; in a sliding
+    /// layer's ring that slot held an older position, which is gone now.
+    fn discard_ahead(&mut self) {
+        if let Some(a) = self.ahead.take() {
+            let slot = a.pos % self.ring_cap;
+            if self.ring_owner[slot] != a.pos {
+                self.ring_owner[slot] = usize::MAX;
+            }
+        }
+    }
+
+    /// Counts `m` tokens computed by the last submitted step as held by the session.
+    fn commit(&mut self, m: usize) {
+        for p in self.len..self.len + m {
+            self.ring_owner[p % self.ring_cap] = p;
+        }
+        self.len += m;
+    }
+
+    /// Encodes and submits one step of `m` tokens at positions `len..` (the next run-ahead
+    /// step when one is in flight), the LM head on the last `lm_rows` of them. `tokens`:
+    /// the ids, or `None` for a one-token step whose id the previous step left in the
+    /// `tokens` buffer.
+    fn submit(
+        &mut self,
+        tokens: Option<&[u32]>,
+        m: usize,
+        lm_rows: usize,
+        readout: Readout,
+    ) -> Result<Submitted> {
         let inner = self.inner.clone();
         let (c, k, queue) = (&inner.config, &inner.kernels, &inner.ctx.queue);
-        let m = tokens.len();
         let pos0 = self.len;
-        queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        if let Some(tokens) = tokens {
+            queue.write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        }
         let batch = Batch {
             m: m as u32,
             pos0: pos0 as u32,
@@ -546,23 +689,25 @@ impl GpuSession {
                 }
             };
             let matmul = |mat: &GpuMatrix, rows: usize| {
-                let entry = match (mat.bits, rows) {
-                    (4, 1) => "matvec_q4",
-                    (4, _) => "matmul_q4",
-                    (_, 1) => "matvec_q8",
-                    _ => "matmul_q8",
+                let tiled = rows >= inner.opts.tiled_min_tokens;
+                let entry = match (mat.bits, rows, tiled) {
+                    (4, 1, _) => "matvec_q4",
+                    (4, _, false) => "matmul_q4",
+                    (4, _, true) => "matmul_tiled_q4",
+                    (_, 1, _) => "matvec_q8",
+                    (_, _, false) => "matmul_q8",
+                    (_, _, true) => "matmul_tiled_q8",
                 };
-                let y = if rows == 1 {
-                    1
-                } else {
-                    rows.div_ceil(MATMUL_TOKENS as usize)
+                let (rows_per_group, tokens_per_group) = match (rows, tiled) {
+                    (1, _) => (MATVEC_ROWS, 1),
+                    (_, false) => (MATMUL_ROWS, MATMUL_TOKENS),
+                    (_, true) => (TILED_ROWS, TILED_TOKENS),
                 };
-                let rows_per_group = if rows == 1 { MATVEC_ROWS } else { MATMUL_ROWS };
                 (
                     entry,
                     k.matmul.pipeline(entry),
                     mat.n.div_ceil(rows_per_group as usize),
-                    y,
+                    rows.div_ceil(tokens_per_group as usize),
                 )
             };
             let embed = k.embed.pipeline("embed_q8");
@@ -595,7 +740,13 @@ impl GpuSession {
                     LayerKind::Sliding => c.sliding_window,
                     LayerKind::Global => 0,
                 };
-                let (_, chunks) = attention_split(m, pos0, window, self.attn_slots);
+                let (_, chunks) = attention_split(
+                    m,
+                    pos0,
+                    window,
+                    self.attn_slots,
+                    inner.opts.attention_min_tiles,
+                );
                 let partial = k.attention.pipeline("attention_partial");
                 run(
                     "attention",
@@ -604,21 +755,32 @@ impl GpuSession {
                     chunks,
                     m * c.num_kv_heads,
                 );
-                let combine = k.attention.pipeline("attention_combine");
-                run("attention_combine", combine, &g.attention, heads, m);
+                if chunks > 1 {
+                    let combine = k.attention.pipeline("attention_combine");
+                    run("attention_combine", combine, &g.attention, heads, m);
+                }
                 let (e, p, x, y) = matmul(&lw.o, m);
                 run(e, p, &g.o, x, y);
                 run("add_norm", add_norm, &g.post_attn, m, 1);
-                let (e, p, x, y) = matmul(&lw.gate_up, m);
-                run(e, p, &g.gate_up, x, y);
-                let geglu_groups = c.intermediate_size.div_ceil(GEGLU_WG as usize);
-                run(
-                    "geglu",
-                    k.geglu.pipeline("geglu"),
-                    &g.geglu,
-                    geglu_groups,
-                    m,
-                );
+                if m == 1 {
+                    let entry = match lw.gate_up.bits {
+                        4 => "matvec_geglu_q4",
+                        _ => "matvec_geglu_q8",
+                    };
+                    let groups = c.intermediate_size.div_ceil(MATVEC_ROWS as usize / 2);
+                    run(entry, k.matmul.pipeline(entry), &g.gate_up_act, groups, 1);
+                } else {
+                    let (e, p, x, y) = matmul(&lw.gate_up, m);
+                    run(e, p, &g.gate_up, x, y);
+                    let geglu_groups = c.intermediate_size.div_ceil(GEGLU_WG as usize);
+                    run(
+                        "geglu",
+                        k.geglu.pipeline("geglu"),
+                        &g.geglu,
+                        geglu_groups,
+                        m,
+                    );
+                }
                 let (e, p, x, y) = matmul(&lw.down, m);
                 run(e, p, &g.down, x, y);
                 if i + 1 < layers {
@@ -631,10 +793,10 @@ impl GpuSession {
                 run("rmsnorm", norm, &self.final_norm_group, lm_rows, 1);
                 for (ch, g) in inner.weights.embed.iter().zip(&self.lm_groups) {
                     let (e, p, x, y) = matmul(&ch.matrix, lm_rows);
-                    let label = if e == "matvec_q8" {
-                        "lm_head (matvec_q8)"
-                    } else {
-                        "lm_head (matmul_q8)"
+                    let label = match e {
+                        "matvec_q8" => "lm_head (matvec_q8)",
+                        "matmul_q8" => "lm_head (matmul_q8)",
+                        _ => "lm_head (matmul_tiled_q8)",
                     };
                     run(label, p, g, x, y);
                 }
@@ -657,37 +819,52 @@ impl GpuSession {
             Readout::Logits => (lm_rows * c.vocab_size * 4) as u64,
             Readout::Argmax => 4,
         };
-        let src = if readout == Readout::Argmax {
-            &self.argmax
-        } else {
-            &self.logits
-        };
-        if read_bytes > 0 {
-            enc.copy_buffer_to_buffer(src, 0, &self.staging, 0, read_bytes);
+        let argmax_slot = self.argmax_slot;
+        match readout {
+            Readout::Nothing => {}
+            Readout::Logits => {
+                enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, read_bytes)
+            }
+            Readout::Argmax => {
+                self.argmax_slot ^= 1;
+                enc.copy_buffer_to_buffer(&self.argmax, 0, &self.argmax_staging[argmax_slot], 0, 4);
+                // The next one-token step may start from this id without the host.
+                enc.copy_buffer_to_buffer(&self.argmax, 0, &self.tokens, 0, 4);
+            }
         }
         if let Some(p) = &self.profiler {
             let n = 2 * labels.len() as u32;
             enc.resolve_query_set(&p.queries, 0..n, &p.resolved, 0);
             enc.copy_buffer_to_buffer(&p.resolved, 0, &p.staging, 0, n as u64 * 8);
         }
-        queue.submit([enc.finish()]);
-        if let Some(p) = &mut self.profiler {
-            p.record(&inner.ctx, &labels)?;
-        }
+        let index = queue.submit([enc.finish()]);
+        Ok(Submitted {
+            index,
+            readout,
+            read_bytes,
+            argmax_slot,
+            labels,
+        })
+    }
 
-        for p in pos0..pos0 + m {
-            self.ring_owner[p % self.ring_cap] = p;
+    /// Waits for a submitted step and reads back what it was asked for.
+    fn collect(&mut self, s: Submitted) -> Result<Vec<f32>> {
+        let device = &self.inner.ctx.device;
+        if let Some(p) = &mut self.profiler {
+            p.record(device, &s.index, &s.labels)?;
         }
-        self.len += m;
-        if read_bytes == 0 {
-            return Ok(Vec::new());
-        }
-        let bytes = read_back(&inner.ctx.device, &self.staging, read_bytes)?;
-        Ok(match readout {
-            Readout::Argmax => vec![f32::from_bits(u32::from_le_bytes(
-                bytes[..4].try_into().unwrap(),
-            ))],
-            _ => bytemuck::cast_slice(&bytes).to_vec(),
+        Ok(match s.readout {
+            Readout::Nothing => Vec::new(),
+            Readout::Argmax => {
+                let bytes = read_back(device, &self.argmax_staging[s.argmax_slot], 4, &s.index)?;
+                vec![f32::from_bits(u32::from_le_bytes(
+                    bytes[..4].try_into().unwrap(),
+                ))]
+            }
+            Readout::Logits => {
+                let bytes = read_back(device, &self.staging, s.read_bytes, &s.index)?;
+                bytemuck::cast_slice(&bytes).to_vec()
+            }
         })
     }
 
@@ -701,15 +878,24 @@ impl GpuSession {
     }
 }
 
-/// Copies the first `bytes` of a mapped-readable buffer to the host, waiting for the GPU.
-fn read_back(device: &wgpu::Device, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+/// Copies the first `bytes` of a mapped-readable buffer to the host, once submission
+/// `index` is done (not later ones: a run-ahead step may still be running).
+fn read_back(
+    device: &wgpu::Device,
+    staging: &wgpu::Buffer,
+    bytes: u64,
+    index: &wgpu::SubmissionIndex,
+) -> Result<Vec<u8>> {
     let slice = staging.slice(..bytes);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
     device
-        .poll(wgpu::PollType::wait_indefinitely())
+        .poll(wgpu::PollType::Wait {
+            submission_index: Some(index.clone()),
+            timeout: None,
+        })
         .map_err(|e| Error::Runtime(format!("waiting for the GPU failed: {e}")))?;
     rx.recv()
         .map_err(|_| Error::Runtime("the GPU read-back was dropped".into()))?
@@ -728,10 +914,12 @@ impl Session for GpuSession {
 
     /// The argmax is taken on the GPU: the step reads back one u32.
     async fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
-        let data = self.run(tokens, Want::Last, true)?;
-        match data[0].to_bits() {
-            // argmax.wgsl's NON_FINITE: the row held a NaN or an infinity.
-            0xffff_fffe => Err(Error::Runtime(
+        let id = match self.greedy_ahead(tokens)? {
+            Some(id) => id,
+            None => self.run(tokens, Want::Last, true)?[0].to_bits(),
+        };
+        match id {
+            NON_FINITE => Err(Error::Runtime(
                 "the GPU backend computed a non-finite logit (NaN or infinity); its output cannot be trusted"
                     .into(),
             )),
@@ -748,6 +936,7 @@ impl Session for GpuSession {
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {
+        self.discard_ahead();
         if len > self.len {
             return Err(Error::InvalidInput(format!(
                 "cannot truncate a session of {} tokens to {len}",

@@ -269,10 +269,13 @@ fn profile_reports_time_per_kernel_class() {
             .find(|t| t.kernel == k)
             .map_or(0, |t| t.dispatches)
     };
-    // One decode step of the 4-layer model: 4 attention dispatches, one argmax.
+    // One decode step of the 4-layer model: 4 attention dispatches, one argmax; per layer
+    // Q|K|V, O and down as matvecs and gate|up fused with its activation.
     assert_eq!(count("attention"), 4);
     assert_eq!(count("argmax"), 1);
-    assert_eq!(count("matvec_q4"), 16);
+    assert_eq!(count("matvec_q4"), 12);
+    assert_eq!(count("matvec_geglu_q4"), 4);
+    assert_eq!(count("geglu"), 0);
 }
 
 #[test]
@@ -307,4 +310,53 @@ fn missing_adapter_is_unavailable() {
         }
         other => panic!("expected Unavailable, got {:?}", other.map(|b| b.info())),
     }
+}
+
+/// Run-ahead greedy decoding (the next one-token step submitted before the host reads the
+/// current id) gives the ids of plain step-by-step decoding, also when the caller does
+/// something else than take the run-ahead step: sample (forward), feed another token,
+/// truncate, or run past the end of the budget.
+#[test]
+fn run_ahead_gives_the_ids_of_plain_steps() {
+    let load = |run_ahead| {
+        GpuBackend::load(
+            weights(),
+            GpuOptions {
+                run_ahead,
+                ..options()
+            },
+        )
+        .unwrap()
+    };
+    let (fast, plain) = (load(true), load(false));
+    let budget = 40;
+    let script = |gpu: &GpuBackend| -> Vec<u32> {
+        let mut s = gpu
+            .new_session(SessionOptions::with_max_tokens(budget))
+            .unwrap();
+        let mut ids = vec![block_on(s.forward_greedy(&prompt(7))).unwrap()];
+        for _ in 0..10 {
+            let last = *ids.last().unwrap();
+            ids.push(block_on(s.forward_greedy(&[last])).unwrap());
+        }
+        // Another token than the one the run-ahead step took.
+        ids.push(block_on(s.forward_greedy(&[3])).unwrap());
+        // A sampling step in between, then greedy again.
+        let logits = block_on(s.forward(&[ids[ids.len() - 1]], Want::Last)).unwrap();
+        ids.push(logits.argmax(0));
+        ids.push(block_on(s.forward_greedy(&[5])).unwrap());
+        // Rewind over the run-ahead step, then continue.
+        s.truncate(s.len() - 3).unwrap();
+        ids.push(block_on(s.forward_greedy(&[7])).unwrap());
+        // To the end of the budget: the last steps have no room to run ahead.
+        while s.len() < budget {
+            let last = *ids.last().unwrap();
+            ids.push(block_on(s.forward_greedy(&[last])).unwrap());
+        }
+        assert!(block_on(s.forward_greedy(&[1])).is_err());
+        ids
+    };
+    let (a, b) = (script(&fast), script(&plain));
+    assert_eq!(a, b);
+    assert!(a.len() > 30, "{a:?}");
 }

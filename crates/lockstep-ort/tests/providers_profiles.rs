@@ -24,6 +24,7 @@ fn builtins_parse_and_build() {
             "webgpu",
             "openvino",
             "openvino_accuracy",
+            "openvino_bf16",
             "cuda",
             "coreml",
             "xnnpack"
@@ -93,7 +94,12 @@ fn unknown_keys_and_bad_profiles_are_errors() {
     assert!(ProviderProfile::from_toml_str(&units, "units.toml").is_err());
 
     let e = ProviderProfile::resolve("tpu").unwrap_err();
-    assert!(e.to_string().contains("cpu, coreml, cuda, xnnpack"), "{e}");
+    assert!(
+        e.to_string().contains(
+            "cpu, webgpu, openvino, openvino_accuracy, openvino_bf16, cuda, coreml, xnnpack"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@
 // (each K and V row is read once for the g heads), with an online softmax, and writes the
 // chunk's partial result: its running max m, its sum l and its unnormalized output acc.
 // `attention_combine`: one workgroup per (query head, token) merges the chunks' partials.
+// When a step needs only one chunk per token, `attention_partial` writes the result itself
+// and the host dispatches no combine.
 //
 // A query at position pos sees keys max(0, pos - window + 1) ..= pos (window 0: every
 // key); key j lives in slot j % cap. The split of a step (keys per chunk, chunks per
@@ -14,7 +16,8 @@
 
 struct Batch { m: u32, pos0: u32, row0: u32, pad: u32 }
 // slots: partial results the scratch buffers hold per query head (>= m chunks).
-struct Params { nh: u32, nkv: u32, hd: u32, cap: u32, window: u32, scale: f32, slots: u32, pad1: u32 }
+// min_tiles: fewest key tiles a chunk takes (short contexts in one chunk: no combine).
+struct Params { nh: u32, nkv: u32, hd: u32, cap: u32, window: u32, scale: f32, slots: u32, min_tiles: u32 }
 
 const WG: u32 = 256u;
 const TILE: u32 = 32u;      // keys per tile
@@ -43,7 +46,7 @@ fn split() -> vec2<u32> {
     if (p.window > 0u) { nkeys = min(nkeys, p.window); }
     let tiles = (nkeys + TILE - 1u) / TILE;
     let maxc = max(1u, p.slots / batch.m);
-    let per = (tiles + maxc - 1u) / maxc;
+    let per = max((tiles + maxc - 1u) / maxc, p.min_tiles);
     return vec2<u32>(per * TILE, (tiles + per - 1u) / per);
 }
 
@@ -136,6 +139,15 @@ fn attention_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             }
         }
         workgroupBarrier();  // red, ps and tmax are rewritten by the next tile
+    }
+    if (sp.y == 1u) {
+        // One chunk: this is the whole result (as attention_combine would compute it).
+        if (lid < hd) {
+            for (var h = 0u; h < MAX_G; h++) {
+                if (h < g) { out[(t * p.nh + h0 + h) * hd + lid] = acc[h] * (1.0 / l_run[h]); }
+            }
+        }
+        return;
     }
     let slot = (t * sp.y + c) * p.nh + h0;
     if (lid < hd) {

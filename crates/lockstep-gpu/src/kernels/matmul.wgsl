@@ -127,6 +127,55 @@ fn matmul_body(bits: u32, wg: vec3<u32>, lid: u32) {
     }
 }
 
+fn gelu_tanh(x: f32) -> f32 {
+    // As geglu.wgsl: clamped, since some tanh implementations return NaN for large arguments.
+    let u = clamp(0.7978846 * (x + 0.044715 * x * x * x), -15.0, 15.0);
+    return 0.5 * x * (1.0 + tanh(u));
+}
+
+// The MLP's gate|up projection fused with its activation, for one token: the matrix is
+// gate (rows 0..f) over up (rows f..2f), f = n / 2; a workgroup takes MV_ROWS / 2 gate rows
+// and the up rows that pair with them, and writes y[t * f + i] = gelu_tanh(gate_i) * up_i
+// (the output is the activation, f wide; out_stride and out_offset are not used).
+fn matvec_geglu_body(bits: u32, wg: vec3<u32>, lid: u32) {
+    let lane = lid % MV_LANES;
+    let j = lid / MV_LANES;             // 0..MV_ROWS-1
+    let f = p.n / 2u;
+    let half_rows = MV_ROWS / 2u;
+    let i = wg.x * half_rows + j % half_rows;  // activation index
+    let r = select(i, f + i, j >= half_rows);  // gate row, or its up row
+    let t = wg.y;
+    let nb = p.k / 32u;
+    var acc = 0.0;
+    if (i < f) {
+        for (var b = lane; b < nb; b += MV_LANES) {
+            let blk = r * nb + b;
+            acc += scales[blk] * block_dot(decode(bits, blk), t * (p.k / 4u) + b * 8u);
+        }
+    }
+    red[lid] = acc;
+    workgroupBarrier();
+    if (lane == 0u && j < half_rows && i < f) {
+        var g = 0.0;
+        var u = 0.0;
+        for (var l = 0u; l < MV_LANES; l++) {
+            g += red[lid + l];
+            u += red[lid + half_rows * MV_LANES + l];
+        }
+        y[t * f + i] = gelu_tanh(g) * u;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn matvec_geglu_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    matvec_geglu_body(4u, wg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn matvec_geglu_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    matvec_geglu_body(8u, wg, lid);
+}
+
 @compute @workgroup_size(WG)
 fn matvec_q4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     matvec_body(4u, wg, lid);
