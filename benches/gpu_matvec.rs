@@ -86,7 +86,9 @@ fn matvec(c: &mut Criterion) {
             block_on(s.forward_greedy(&[tok])).expect("decode");
         };
         step(&mut s);
-        let timed = s.profile().iter().any(|k| k.kernel == "matvec_q4");
+        let kernels =
+            |s: &lockstep_gpu::GpuSession| s.profile().map(|p| p.kernels).unwrap_or_default();
+        let timed = kernels(&s).iter().any(|k| k.kernel == "matvec_q4");
         let mut g = c.benchmark_group(format!("gpu-{shape}"));
         g.sample_size(20);
         if timed {
@@ -97,8 +99,7 @@ fn matvec(c: &mut Criterion) {
                     for _ in 0..iters {
                         s.reset_profile();
                         step(&mut s);
-                        total += s
-                            .profile()
+                        total += kernels(&s)
                             .iter()
                             .filter(|k| k.kernel == "matvec_q4")
                             .map(|k| k.total)

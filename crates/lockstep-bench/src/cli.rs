@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// The ONNX Runtime shared library (default: ORT_DYLIB_PATH, then the cache).
     #[arg(long)]
     pub ort_library: Option<PathBuf>,
+    /// Also show where a step's time goes, for backends that can tell (gpu: device time
+    /// per kernel class from GPU timestamps, dispatches per step, and the host's encode,
+    /// submit, wait and read-back time), from one extra pp and tg run after the measured
+    /// ones. Timestamps slow the steps of that backend, so its pp/tg figures are then for
+    /// reading the profile, not for comparing backends.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 impl Default for BenchArgs {
@@ -87,9 +94,11 @@ pub fn measure(args: &BenchArgs) -> Result<BenchReport> {
             threads: args.threads,
             ort_library: args.ort_library.clone(),
             gpu_adapter: args.gpu_adapter.clone(),
+            gpu_profile: args.profile,
             progress: true,
             ..Default::default()
         },
+        profile: args.profile,
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
         tg_prompt_tokens: args.tg_prompt_tokens,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use lockstep::{load_spec, Backend, BackendSpec, Error, LoadOptions, Result, SessionOptions, Want};
 use pollster::block_on;
 
-use crate::report::{BackendResult, Status};
+use crate::report::{BackendResult, BenchProfile, Status};
 use crate::{mem, prompt_ids, Stats};
 
 /// What to measure; the same for every backend of a run.
@@ -21,6 +21,8 @@ pub struct BenchSpec {
     /// Tokens prefilled before tg starts (llama-bench's tg runs on an almost empty cache).
     pub tg_prompt_tokens: usize,
     pub reps: usize,
+    /// After the measured runs, one profiled pp and tg run (`Session::profile`).
+    pub profile: bool,
 }
 
 /// Loads `kind` and measures it. Never fails: a backend that cannot load is reported as
@@ -151,5 +153,37 @@ fn run(
         }
         out.tg = Some(Stats::new(rates));
     }
+
+    if spec.profile {
+        out.profile = Some(profile(backend, spec, &prompt, &tg_prompt)?);
+    }
     Ok(())
+}
+
+/// One pp and one tg run with the session's profile read after each; empty where the
+/// backend has none.
+fn profile(
+    backend: &dyn Backend,
+    spec: &BenchSpec,
+    prompt: &[u32],
+    tg_prompt: &[u32],
+) -> Result<BenchProfile> {
+    let mut out = BenchProfile::default();
+    if !prompt.is_empty() {
+        let mut s = block_on(backend.session(SessionOptions::with_max_tokens(prompt.len())))?;
+        s.reset_profile();
+        block_on(s.forward(prompt, Want::Last))?;
+        out.prefill = s.profile();
+    }
+    if spec.gen_tokens > 0 {
+        let budget = tg_prompt.len() + spec.gen_tokens;
+        let mut s = block_on(backend.session(SessionOptions::with_max_tokens(budget)))?;
+        let mut tok = block_on(s.forward_greedy(tg_prompt))?;
+        s.reset_profile();
+        for _ in 0..spec.gen_tokens {
+            tok = block_on(s.forward_greedy(&[tok]))?;
+        }
+        out.decode = s.profile();
+    }
+    Ok(out)
 }

@@ -1,6 +1,6 @@
 //! The results of a run: serializable (`--json`) and printable as a llama-bench-style table.
 
-use lockstep::BackendInfo;
+use lockstep::{BackendInfo, StepProfile};
 use serde::{Deserialize, Serialize};
 
 use crate::{mem, Stats};
@@ -31,6 +31,16 @@ pub struct BackendResult {
     pub peak_rss_bytes: Option<u64>,
     /// Peak RSS minus the RSS before loading: this backend's own footprint.
     pub rss_delta_bytes: Option<u64>,
+    /// Where a step's time goes (`--profile`), for backends that can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<BenchProfile>,
+}
+
+/// `--profile`: one prefill of the pp prompt and the tg run, each profiled on its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BenchProfile {
+    pub prefill: Option<StepProfile>,
+    pub decode: Option<StepProfile>,
 }
 
 impl BackendResult {
@@ -46,6 +56,7 @@ impl BackendResult {
             ttft_ms: None,
             peak_rss_bytes: None,
             rss_delta_bytes: None,
+            profile: None,
         }
     }
 }
@@ -200,6 +211,24 @@ impl BenchReport {
             load(m.load_avg_start),
             load(m.load_avg_end),
         );
+        for r in &self.results {
+            let Some(p) = &r.profile else { continue };
+            for (what, profile) in [
+                (
+                    format!("prefill of {} tokens", self.prompt_tokens),
+                    &p.prefill,
+                ),
+                (format!("decode, {} steps", self.gen_tokens), &p.decode),
+            ] {
+                match profile {
+                    Some(profile) => {
+                        out += &format!("\n{}: where the time goes, {what}\n\n", r.backend);
+                        out += &profile.table();
+                    }
+                    None => out += &format!("\n{}: no profile ({what})\n", r.backend),
+                }
+            }
+        }
         out
     }
 }

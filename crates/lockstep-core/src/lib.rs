@@ -8,10 +8,12 @@
 mod config;
 mod error;
 mod logits;
+mod profile;
 
 pub use config::{LayerKind, ModelConfig};
 pub use error::{Error, Result};
 pub use logits::{argmax, check_finite, Logits};
+pub use profile::{HostTime, KernelTime, StepProfile};
 
 use async_trait::async_trait;
 
@@ -127,6 +129,15 @@ pub trait Session: Send {
 
     /// Forgets every token from `len` on, so that a conversation can be edited.
     fn truncate(&mut self, len: usize) -> Result<()>;
+
+    /// Where the steps' time went since the session began or since
+    /// [`reset_profile`](Self::reset_profile); `None` for backends that cannot tell.
+    fn profile(&self) -> Option<StepProfile> {
+        None
+    }
+
+    /// Starts the profile over (e.g. after prefill, to see decode alone).
+    fn reset_profile(&mut self) {}
 }
 
 /// What every step checks before it runs: at least one token, ids inside the vocabulary,

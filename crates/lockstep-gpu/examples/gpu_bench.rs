@@ -101,22 +101,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &generated[..generated.len().min(8)]
     );
     for (name, profile) in [("prefill", prefill_profile), ("decode", s.profile())] {
-        if profile.is_empty() {
-            continue;
-        }
-        let total: f64 = profile.iter().map(|k| k.total.as_secs_f64()).sum();
-        println!(
-            "GPU time, {name}: {:.2?} in kernels",
-            std::time::Duration::from_secs_f64(total)
-        );
-        for k in profile {
-            println!(
-                "  {:>22} {:6} dispatches {:10.2?} {:5.1}%",
-                k.kernel,
-                k.dispatches,
-                k.total,
-                100.0 * k.total.as_secs_f64() / total
-            );
+        if let Some(profile) = profile {
+            println!("{name}:\n{}", profile.table());
         }
     }
 

@@ -23,4 +23,3 @@ mod upload;
 
 pub use backend::{GpuBackend, GpuOptions};
 pub use session::GpuSession;
-pub use session::KernelTime;

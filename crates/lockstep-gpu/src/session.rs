@@ -17,7 +17,9 @@
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
-use lockstep_core::{Error, LayerKind, Logits, Result, Session, Want};
+use lockstep_core::{
+    Error, HostTime, KernelTime, LayerKind, Logits, Result, Session, StepProfile, Want,
+};
 
 use crate::backend::Inner;
 use crate::kernels::{
@@ -63,15 +65,6 @@ struct Profiler {
     totals: Vec<KernelTime>,
 }
 
-/// Where GPU time went: one kernel class, summed over every step since the session began
-/// (or since [`GpuSession::reset_profile`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct KernelTime {
-    pub kernel: &'static str,
-    pub dispatches: u64,
-    pub total: std::time::Duration,
-}
-
 impl Profiler {
     fn new(device: &wgpu::Device, queue: &wgpu::Queue, max_dispatches: usize) -> Self {
         let count = 2 * max_dispatches as u32;
@@ -107,8 +100,9 @@ impl Profiler {
         device: &wgpu::Device,
         index: &wgpu::SubmissionIndex,
         labels: &[&'static str],
+        host: &mut HostTime,
     ) -> Result<()> {
-        let bytes = read_back(device, &self.staging, labels.len() as u64 * 16, index)?;
+        let bytes = read_back(device, &self.staging, labels.len() as u64 * 16, index, host)?;
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);
         for (i, &label) in labels.iter().enumerate() {
             let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period;
@@ -116,7 +110,7 @@ impl Profiler {
                 Some(j) => &mut self.totals[j],
                 None => {
                     self.totals.push(KernelTime {
-                        kernel: label,
+                        kernel: label.to_string(),
                         dispatches: 0,
                         total: Default::default(),
                     });
@@ -219,28 +213,13 @@ pub struct GpuSession {
     /// Partial attention results per query head the split-K scratch holds.
     attn_slots: usize,
     profiler: Option<Profiler>,
+    /// Host time, steps and tokens since the session began or its profile was reset.
+    host: HostTime,
+    steps: u64,
+    tokens_run: u64,
 }
 
 impl GpuSession {
-    /// GPU time per kernel class, largest first; empty unless the backend was loaded with
-    /// `GpuOptions::profile` on a device with timestamp queries inside compute passes.
-    pub fn profile(&self) -> Vec<KernelTime> {
-        let mut v = self
-            .profiler
-            .as_ref()
-            .map(|p| p.totals.clone())
-            .unwrap_or_default();
-        v.sort_by_key(|t| std::cmp::Reverse(t.total));
-        v
-    }
-
-    /// Forgets the times gathered so far (e.g. after prefill, to profile decode alone).
-    pub fn reset_profile(&mut self) {
-        if let Some(p) = &mut self.profiler {
-            p.totals.clear();
-        }
-    }
-
     pub(crate) fn new(inner: Arc<Inner>, max_tokens: usize) -> Result<Self> {
         let c = &inner.config;
         if max_tokens == 0 {
@@ -515,6 +494,9 @@ impl GpuSession {
                 let dispatches = 2 * w.embed.len() + 12 * w.layers.len() + 3;
                 Profiler::new(device, &ctx.queue, dispatches)
             }),
+            host: HostTime::default(),
+            steps: 0,
+            tokens_run: 0,
             inner,
         })
     }
@@ -641,6 +623,7 @@ impl GpuSession {
         lm_rows: usize,
         readout: Readout,
     ) -> Result<Submitted> {
+        let started = std::time::Instant::now();
         let inner = self.inner.clone();
         let (c, k, queue) = (&inner.config, &inner.kernels, &inner.ctx.queue);
         let pos0 = self.len;
@@ -837,7 +820,13 @@ impl GpuSession {
             enc.resolve_query_set(&p.queries, 0..n, &p.resolved, 0);
             enc.copy_buffer_to_buffer(&p.resolved, 0, &p.staging, 0, n as u64 * 8);
         }
-        let index = queue.submit([enc.finish()]);
+        let command = enc.finish();
+        let submitting = std::time::Instant::now();
+        self.host.encode += submitting - started;
+        let index = queue.submit([command]);
+        self.host.submit += submitting.elapsed();
+        self.steps += 1;
+        self.tokens_run += m as u64;
         Ok(Submitted {
             index,
             readout,
@@ -850,19 +839,21 @@ impl GpuSession {
     /// Waits for a submitted step and reads back what it was asked for.
     fn collect(&mut self, s: Submitted) -> Result<Vec<f32>> {
         let device = &self.inner.ctx.device;
+        let host = &mut self.host;
         if let Some(p) = &mut self.profiler {
-            p.record(device, &s.index, &s.labels)?;
+            p.record(device, &s.index, &s.labels, host)?;
         }
         Ok(match s.readout {
             Readout::Nothing => Vec::new(),
             Readout::Argmax => {
-                let bytes = read_back(device, &self.argmax_staging[s.argmax_slot], 4, &s.index)?;
+                let staging = &self.argmax_staging[s.argmax_slot];
+                let bytes = read_back(device, staging, 4, &s.index, host)?;
                 vec![f32::from_bits(u32::from_le_bytes(
                     bytes[..4].try_into().unwrap(),
                 ))]
             }
             Readout::Logits => {
-                let bytes = read_back(device, &self.staging, s.read_bytes, &s.index)?;
+                let bytes = read_back(device, &self.staging, s.read_bytes, &s.index, host)?;
                 bytemuck::cast_slice(&bytes).to_vec()
             }
         })
@@ -885,7 +876,9 @@ fn read_back(
     staging: &wgpu::Buffer,
     bytes: u64,
     index: &wgpu::SubmissionIndex,
+    host: &mut HostTime,
 ) -> Result<Vec<u8>> {
+    let waiting = std::time::Instant::now();
     let slice = staging.slice(..bytes);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -897,11 +890,14 @@ fn read_back(
             timeout: None,
         })
         .map_err(|e| Error::Runtime(format!("waiting for the GPU failed: {e}")))?;
+    let reading = std::time::Instant::now();
+    host.wait += reading - waiting;
     rx.recv()
         .map_err(|_| Error::Runtime("the GPU read-back was dropped".into()))?
         .map_err(|e| Error::Runtime(format!("reading GPU results failed: {e}")))?;
     let data = slice.get_mapped_range().to_vec();
     staging.unmap();
+    host.readback += reading.elapsed();
     Ok(data)
 }
 
@@ -933,6 +929,32 @@ impl Session for GpuSession {
 
     fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// Host phases always; device time per kernel class when the backend was loaded with
+    /// `GpuOptions::profile` on a device with timestamps inside compute passes.
+    fn profile(&self) -> Option<StepProfile> {
+        let mut kernels = self
+            .profiler
+            .as_ref()
+            .map(|p| p.totals.clone())
+            .unwrap_or_default();
+        kernels.sort_by_key(|t| std::cmp::Reverse(t.total));
+        Some(StepProfile {
+            steps: self.steps,
+            tokens: self.tokens_run,
+            kernels,
+            host: self.host,
+        })
+    }
+
+    fn reset_profile(&mut self) {
+        if let Some(p) = &mut self.profiler {
+            p.totals.clear();
+        }
+        self.host = HostTime::default();
+        self.steps = 0;
+        self.tokens_run = 0;
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {

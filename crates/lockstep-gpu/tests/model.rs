@@ -252,13 +252,12 @@ fn profile_reports_time_per_kernel_class() {
     let first = block_on(s.forward_greedy(&prompt(12))).unwrap();
     s.reset_profile();
     block_on(s.forward_greedy(&[first])).unwrap();
-    let profile = s.profile();
-    for t in &profile {
-        eprintln!(
-            "{:>24} {:>4} dispatches {:>10.1?}",
-            t.kernel, t.dispatches, t.total
-        );
-    }
+    let profile = s.profile().expect("the GPU session profiles");
+    eprintln!("{}", profile.table());
+    assert_eq!(profile.steps, 1, "one decode step");
+    assert_eq!(profile.tokens, 1);
+    assert!(profile.host.encode > std::time::Duration::ZERO);
+    let profile = profile.kernels;
     if profile.is_empty() {
         eprintln!("{}: no timestamps inside compute passes", gpu.info().device);
         return;

@@ -198,6 +198,9 @@ pub struct LoadOptions {
     pub runtime: Option<String>,
     /// Substring of the GPU adapter name to use.
     pub gpu_adapter: Option<String>,
+    /// Time every GPU dispatch with timestamps (`Session::profile` then has device time
+    /// per kernel class). Slows the GPU backend's steps: for profiling, not for speed.
+    pub gpu_profile: bool,
     /// Show progress bars for a first-use download.
     pub progress: bool,
     /// ONNX Runtime execution-provider profile: a built-in name (cpu, webgpu, openvino,
@@ -342,6 +345,7 @@ pub fn load_spec(
             }
             let gpu_opts = lockstep_gpu::GpuOptions {
                 adapter: opts.gpu_adapter.clone(),
+                profile: opts.gpu_profile,
                 ..Default::default()
             };
             Arc::new(lockstep_gpu::GpuBackend::load_dir(model_dir, gpu_opts)?)

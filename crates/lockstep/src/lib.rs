@@ -25,7 +25,8 @@ pub use backends::{
     llama_cpp_gguf, load_backend, load_spec, ort_runtime, BackendKind, BackendSpec, LoadOptions,
 };
 pub use lockstep_core::{
-    Backend, BackendInfo, Error, ModelConfig, Result, Session, SessionOptions, Want,
+    Backend, BackendInfo, Error, HostTime, KernelTime, ModelConfig, Result, Session,
+    SessionOptions, StepProfile, Want,
 };
 pub use lockstep_generate::{
     CancelToken, Chat, Event, GenerateOptions, Generator, Output, Prompt, SamplingParams, Stats,
