@@ -62,6 +62,56 @@ impl QuantMatrix {
     pub fn row(&self, row: usize) -> Vec<f32> {
         (0..self.k).map(|c| self.value(row, c)).collect()
     }
+
+    /// The rows of `parts` one after the other (same `k`, bits and block size): what
+    /// one MatMulNBits over a shared input needs (Q, K, V; gate, up).
+    pub fn concat_rows(parts: &[&QuantMatrix]) -> QuantMatrix {
+        let first = parts[0];
+        assert!(
+            parts.iter().all(|p| p.k == first.k
+                && p.bits == first.bits
+                && p.block_size == first.block_size),
+            "row-concatenated matrices must share k, bits and block size"
+        );
+        QuantMatrix {
+            bits: first.bits,
+            n: parts.iter().map(|p| p.n).sum(),
+            k: first.k,
+            block_size: first.block_size,
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            scales: parts
+                .iter()
+                .flat_map(|p| p.scales.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// The inverse of [`QuantMatrix::concat_rows`]: consecutive row ranges of `rows` each.
+    /// `None` unless the row counts add up to `n`.
+    pub fn split_rows(&self, rows: &[usize]) -> Option<Vec<QuantMatrix>> {
+        if rows.iter().try_fold(0usize, |a, &r| a.checked_add(r)) != Some(self.n) {
+            return None;
+        }
+        let bpr = self.blocks_per_row();
+        let row_bytes = bpr * self.bytes_per_block();
+        let mut start = 0;
+        Some(
+            rows.iter()
+                .map(|&r| {
+                    let m = QuantMatrix {
+                        bits: self.bits,
+                        n: r,
+                        k: self.k,
+                        block_size: self.block_size,
+                        data: self.data[start * row_bytes..(start + r) * row_bytes].to_vec(),
+                        scales: self.scales[start * bpr..(start + r) * bpr].to_vec(),
+                    };
+                    start += r;
+                    m
+                })
+                .collect(),
+        )
+    }
 }
 
 /// The weights of one decoder layer. Norm weights are the multipliers as stored in the
@@ -199,18 +249,63 @@ impl ModelWeights {
         for l in 0..c.num_layers {
             let norm = |s: &str, len: usize| vector(&names::norm(l, s), len);
             let proj = |s: &str, n: usize, k: usize| matrix(&names::proj(l, s), n, k);
+            // The default graph stores Q/K/V and gate/up row-concatenated (one matmul
+            // each); the CoreML graph and older conversions store them one by one.
+            let fused = |s: &str, parts: &[(&str, usize)], k: usize| {
+                let name = names::proj(l, s);
+                if let Err(missing) = onnx.initializer(&names::qweight(&name)) {
+                    // Neither layout: name the one this converter writes.
+                    let separate = names::qweight(&names::proj(l, parts[0].0));
+                    if onnx.initializer(&separate).is_err() {
+                        return Err(missing);
+                    }
+                    return parts
+                        .iter()
+                        .map(|&(p, n)| proj(p, n, k))
+                        .collect::<lockstep_core::Result<Vec<_>>>();
+                }
+                let rows: Vec<usize> = parts.iter().map(|p| p.1).collect();
+                let total = rows
+                    .iter()
+                    .try_fold(0usize, |a, &r| a.checked_add(r))
+                    .ok_or_else(|| bad_config(format!("overflows the rows of '{name}'")))?;
+                Ok(matrix(&name, total, k)?
+                    .split_rows(&rows)
+                    .expect("the rows add up to the matrix's"))
+            };
+            let [q_proj, k_proj, v_proj]: [QuantMatrix; 3] = fused(
+                names::QKV,
+                &[
+                    ("q_proj", c.q_size()),
+                    ("k_proj", c.kv_size()),
+                    ("v_proj", c.kv_size()),
+                ],
+                c.hidden_size,
+            )?
+            .try_into()
+            .expect("three parts");
+            let [gate_proj, up_proj]: [QuantMatrix; 2] = fused(
+                names::GATE_UP,
+                &[
+                    ("gate_proj", c.intermediate_size),
+                    ("up_proj", c.intermediate_size),
+                ],
+                c.hidden_size,
+            )?
+            .try_into()
+            .expect("two parts");
             layers.push(LayerWeights {
                 attn_norm: norm("input_layernorm", c.hidden_size)?,
-                q_proj: proj("q_proj", c.q_size(), c.hidden_size)?,
-                k_proj: proj("k_proj", c.kv_size(), c.hidden_size)?,
-                v_proj: proj("v_proj", c.kv_size(), c.hidden_size)?,
+                q_proj,
+                k_proj,
+                v_proj,
                 o_proj: proj("o_proj", c.hidden_size, c.q_size())?,
                 q_norm: norm("q_norm", c.head_dim)?,
                 k_norm: norm("k_norm", c.head_dim)?,
                 post_attn_norm: norm("post_attention_layernorm", c.hidden_size)?,
                 pre_ffn_norm: norm("pre_feedforward_layernorm", c.hidden_size)?,
-                gate_proj: proj("gate_proj", c.intermediate_size, c.hidden_size)?,
-                up_proj: proj("up_proj", c.intermediate_size, c.hidden_size)?,
+                gate_proj,
+                up_proj,
                 down_proj: proj("down_proj", c.hidden_size, c.intermediate_size)?,
                 post_ffn_norm: norm("post_feedforward_layernorm", c.hidden_size)?,
             });

@@ -188,7 +188,8 @@ fn load_err(dir: &Path) -> String {
     e
 }
 
-const Q: &str = "model.layers.0.q_proj.qweight";
+/// Q, K and V of layer 0, one matrix of 128 + 32 + 32 rows.
+const Q: &str = "model.layers.0.qkv_proj.qweight";
 const NORM: &str = "model.layers.0.input_layernorm.weight";
 
 #[test]
@@ -239,7 +240,7 @@ fn damaged_models_give_one_line_errors() {
             Box::new(|d| std::fs::write(d.join(MODEL_FILE), b"").unwrap()),
         ),
         (
-            "an initializer deleted (layer 0 q_proj)",
+            "an initializer deleted (layer 0 qkv_proj)",
             Box::new(|d| {
                 let mut m = read_model(d);
                 m.graph
@@ -251,11 +252,11 @@ fn damaged_models_give_one_line_errors() {
             }),
         ),
         (
-            "a dim changed (q_proj rows + 1)",
+            "a dim changed (qkv_proj rows + 1)",
             Box::new(|d| edit_init(d, Q, |t| t.dims[0] += 1)),
         ),
         (
-            "dims reshaped, same byte count (q_proj [128,2,16] -> [256,1,16])",
+            "dims reshaped, same byte count (qkv_proj [192,2,16] -> [384,1,16])",
             Box::new(|d| {
                 edit_init(d, Q, |t| {
                     t.dims[0] *= 2;
@@ -265,7 +266,7 @@ fn damaged_models_give_one_line_errors() {
         ),
         (
             "a negative dim",
-            Box::new(|d| edit_init(d, Q, |t| t.dims[0] = -128)),
+            Box::new(|d| edit_init(d, Q, |t| t.dims[0] = -192)),
         ),
         (
             "a norm of the wrong length (inline, 64 -> 63 values)",

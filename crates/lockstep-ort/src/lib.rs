@@ -115,6 +115,20 @@ fn build_session(
         // ONNX Runtime's own per-node timings and placement.
         builder = builder.with_profiling(prefix).map_err(|e| err(e.into()))?;
     }
+    // Session config entries to try without a rebuild (`key=value,key=value`, e.g.
+    // `session.intra_op.allow_spinning=0`): BENCHMARKS.md measures them this way.
+    if let Ok(entries) = std::env::var("LOCKSTEP_ORT_CONFIG") {
+        for entry in entries.split(',').filter(|e| !e.trim().is_empty()) {
+            let (key, value) = entry.split_once('=').ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "LOCKSTEP_ORT_CONFIG entry '{entry}' is not key=value"
+                ))
+            })?;
+            builder = builder
+                .with_config_entry(key.trim(), value.trim())
+                .map_err(|e| err(e.into()))?;
+        }
+    }
     if let Some(threads) = threads {
         if threads == 0 {
             return Err(Error::InvalidInput("--threads must be at least 1".into()));

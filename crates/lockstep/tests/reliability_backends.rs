@@ -197,7 +197,8 @@ fn edit_graph(dir: &Path, f: impl FnOnce(&mut ModelProto)) {
     std::fs::write(&p, m.encode_to_vec()).unwrap();
 }
 
-const Q: &str = "model.layers.1.q_proj.qweight";
+/// Q, K and V of layer 1 (one matrix: 128 + 32 + 32 rows).
+const Q: &str = "model.layers.1.qkv_proj.qweight";
 
 /// Every backend must refuse the directory (at load, or at the latest at the first step)
 /// with an error; nothing may panic. Returns one line per backend for the table.
@@ -243,7 +244,7 @@ fn damaged_tiny_model_is_an_error_on_every_backend() {
             }),
         ),
         (
-            "initializer deleted (layer 1 q_proj)",
+            "initializer deleted (layer 1 qkv_proj)",
             damaged_copy("deleted", |d| {
                 edit_graph(d, |m| {
                     m.graph
@@ -255,7 +256,7 @@ fn damaged_tiny_model_is_an_error_on_every_backend() {
             }),
         ),
         (
-            "dim changed (layer 1 q_proj rows 128 -> 129)",
+            "dim changed (layer 1 qkv_proj rows 192 -> 193)",
             damaged_copy("dim", |d| {
                 edit_graph(d, |m| {
                     let t = m

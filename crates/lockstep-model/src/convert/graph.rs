@@ -6,6 +6,16 @@
 //! `com.microsoft::GroupQueryAttention`, which applies RoPE itself (after the Q/K norms,
 //! as Gemma 3 wants) and, on sliding layers, `local_window_size` = the window: a query
 //! sees exactly that many keys, itself included.
+//!
+//! A decode step runs every node once, and ONNX Runtime pays a fixed cost per node, so a
+//! layer is as few nodes as computes the same values (19 with one KV head, 22 before):
+//! Q/K/V as one MatMulNBits over their concatenated rows and a Split, gate/up likewise
+//! (MLAS computes each output column on its own, so the values are bit for bit those of
+//! the separate matmuls). The residual adds stay separate: ONNX Runtime 1.31.1's
+//! SkipSimplifiedLayerNormalization normalizes with a different rounding than
+//! SimplifiedLayerNormalization (up to ~4e-7 relative on the norm's output, 3.5e-4 on the
+//! real model's logits), which is not the same values. `tests/graph_structure.rs` counts
+//! the nodes.
 
 use std::path::Path;
 
@@ -241,6 +251,16 @@ pub fn write_model(
     let flat = g.op("Reshape", &[&deq, "const_hidden_shape"], vec![]);
     let mut x = g.op("Mul", &[&flat, "const_embed_scale"], vec![]);
 
+    init.add_i64(
+        "const_qkv_split",
+        &[3],
+        &[c.q_size() as i64, c.kv_size() as i64, c.kv_size() as i64],
+    )?;
+    init.add_i64(
+        "const_gate_up_split",
+        &[2],
+        &[c.intermediate_size as i64, c.intermediate_size as i64],
+    )?;
     for (l, lw) in weights.layers.iter().enumerate() {
         let norm = |g: &mut GraphBuilder,
                     init: &mut Initializers,
@@ -263,17 +283,53 @@ pub fn write_model(
             Ok(matmul_nbits(g, input, &name, m, accuracy_level, false))
         };
 
-        let h = norm(&mut g, &mut init, &x, "input_layernorm", &lw.attn_norm)?;
-        let q = matmul(&mut g, &mut init, &h, "q_proj", &lw.q_proj)?;
-        let k = matmul(&mut g, &mut init, &h, "k_proj", &lw.k_proj)?;
-        let v = matmul(&mut g, &mut init, &h, "v_proj", &lw.v_proj)?;
-        // Per-head RMSNorm over head_dim: reshape to [b, s, heads, head_dim] and back.
-        let q4 = g.op("Reshape", &[&q, "const_q_heads_shape"], vec![]);
-        let qn = norm(&mut g, &mut init, &q4, "q_norm", &lw.q_norm)?;
-        let q = g.op("Reshape", &[&qn, "const_flatten_heads"], vec![]);
-        let k4 = g.op("Reshape", &[&k, "const_kv_heads_shape"], vec![]);
-        let kn = norm(&mut g, &mut init, &k4, "k_norm", &lw.k_norm)?;
-        let k = g.op("Reshape", &[&kn, "const_flatten_heads"], vec![]);
+        let h_in = norm(&mut g, &mut init, &x, "input_layernorm", &lw.attn_norm)?;
+        // Q, K and V share their input: one matmul over their concatenated rows, split.
+        let qkv = QuantMatrix::concat_rows(&[&lw.q_proj, &lw.k_proj, &lw.v_proj]);
+        let qkv = matmul(&mut g, &mut init, &h_in, names::QKV, &qkv)?;
+        let (q, k, v) = (format!("q_{l}"), format!("k_{l}"), format!("v_{l}"));
+        g.node(
+            "Split",
+            "",
+            &[&qkv, "const_qkv_split"],
+            &[&q, &k, &v],
+            vec![("axis", Attr::Int(-1))],
+        );
+        // Per-head RMSNorm over head_dim: reshape to [b, s, heads, head_dim] and back,
+        // unless there is one head, whose last axis is already head_dim.
+        let head_norm = |g: &mut GraphBuilder,
+                         init: &mut Initializers,
+                         x: &str,
+                         heads: usize,
+                         shape: &str,
+                         tensor: &str,
+                         w: &[f32]|
+         -> Result<String> {
+            if heads == 1 {
+                return norm(g, init, x, tensor, w);
+            }
+            let x4 = g.op("Reshape", &[x, shape], vec![]);
+            let n = norm(g, init, &x4, tensor, w)?;
+            Ok(g.op("Reshape", &[&n, "const_flatten_heads"], vec![]))
+        };
+        let q = head_norm(
+            &mut g,
+            &mut init,
+            &q,
+            c.num_heads,
+            "const_q_heads_shape",
+            "q_norm",
+            &lw.q_norm,
+        )?;
+        let k = head_norm(
+            &mut g,
+            &mut init,
+            &k,
+            c.num_kv_heads,
+            "const_kv_heads_shape",
+            "k_norm",
+            &lw.k_norm,
+        )?;
 
         let (cos, sin, window) = match c.layer_kind(l) {
             LayerKind::Sliding => (&cos_local, &sin_local, c.sliding_window as i64),
@@ -313,16 +369,24 @@ pub fn write_model(
             &lw.post_attn_norm,
         )?;
         x = g.op("Add", &[&x, &o], vec![]);
-
-        let h = norm(
+        let h_ffn = norm(
             &mut g,
             &mut init,
             &x,
             "pre_feedforward_layernorm",
             &lw.pre_ffn_norm,
         )?;
-        let gate = matmul(&mut g, &mut init, &h, "gate_proj", &lw.gate_proj)?;
-        let up = matmul(&mut g, &mut init, &h, "up_proj", &lw.up_proj)?;
+
+        let gate_up = QuantMatrix::concat_rows(&[&lw.gate_proj, &lw.up_proj]);
+        let gate_up = matmul(&mut g, &mut init, &h_ffn, names::GATE_UP, &gate_up)?;
+        let (gate, up) = (format!("gate_{l}"), format!("up_{l}"));
+        g.node(
+            "Split",
+            "",
+            &[&gate_up, "const_gate_up_split"],
+            &[&gate, &up],
+            vec![("axis", Attr::Int(-1))],
+        );
         let act = g.op(
             "Gelu",
             &[&gate],

@@ -50,8 +50,10 @@ pub struct ConvertOptions {
     pub variant: Variant,
 }
 
-/// The graph a conversion writes; recorded as the manifest's `variant`. Both use the same
-/// initializers (names, layouts, 4-bit codes and scales), so the weights are identical.
+/// The graph a conversion writes; recorded as the manifest's `variant`. Both store the same
+/// weights (4-bit codes and scales in MatMulNBits layout); the default graph stores Q/K/V
+/// and gate/up row-concatenated (one matmul each), the CoreML graph one by one, and
+/// [`crate::weights::ModelWeights::load`] reads either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Variant {
     /// Dynamic shapes, ONNX Runtime contrib ops (GroupQueryAttention,

@@ -15,7 +15,13 @@ pub fn scales(matrix: &str) -> String {
     format!("{matrix}.scales")
 }
 
-/// A projection of layer `layer`, e.g. `q_proj`.
+/// Q, K and V of one layer as one matrix (their rows concatenated in that order): one
+/// MatMulNBits instead of three in the default graph.
+pub const QKV: &str = "qkv_proj";
+/// Gate and up of one layer as one matrix (gate rows, then up rows).
+pub const GATE_UP: &str = "gate_up_proj";
+
+/// A projection of layer `layer`, e.g. `o_proj` or [`QKV`].
 pub fn proj(layer: usize, name: &str) -> String {
     format!("model.layers.{layer}.{name}")
 }
