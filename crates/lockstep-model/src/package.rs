@@ -15,9 +15,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Bumped whenever the graph or the weight layout changes, so that a cached conversion
-/// made by an older lockstep is rebuilt instead of trusted. 3: Q/K/V and gate/up as one
-/// matmul each.
-pub const CONVERTER_VERSION: u32 = 3;
+/// made by an older lockstep is rebuilt instead of trusted. 4: Q/K/V and gate/up as one
+/// matmul each (3 was taken by a development branch's graph: never reuse a number that a
+/// cache may hold for another graph).
+pub const CONVERTER_VERSION: u32 = 4;
 
 /// How the weights were quantized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
