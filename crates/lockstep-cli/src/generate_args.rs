@@ -47,6 +47,10 @@ pub struct ModelArgs {
     /// ORT_DYLIB_PATH); reports name it as such.
     #[arg(long)]
     pub ort_library: Option<std::path::PathBuf>,
+    /// KV cache precision on ONNX Runtime and GPU backends: f32 (the reference) or f16
+    /// (half the cache memory, a different numeric mode: see conformance/suites/kv-f16.toml).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: lockstep::KvPrecision,
 }
 
 impl ModelArgs {
@@ -58,6 +62,7 @@ impl ModelArgs {
             fallback: self.fallback.clone(),
             runtime: self.runtime.clone(),
             ort_library: self.ort_library.clone(),
+            kv_cache: self.kv_cache,
             ..Default::default()
         };
         Model::open_with(&self.model, opts)

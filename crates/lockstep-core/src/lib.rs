@@ -8,10 +8,12 @@
 mod config;
 mod error;
 mod logits;
+mod memory;
 
 pub use config::{LayerKind, ModelConfig};
 pub use error::{Error, Result};
 pub use logits::{argmax, check_finite, Logits};
+pub use memory::{kv_layout, mib, KvPrecision, MemoryPart, MemoryReport, SessionMemory};
 
 use async_trait::async_trait;
 
@@ -89,6 +91,20 @@ pub trait Backend: Send + Sync {
     /// The id of the process the backend computes in, when it is not this one (a host
     /// process): benchmarks read that process's memory.
     fn host_process(&self) -> Option<u32> {
+        None
+    }
+
+    /// What the backend has allocated now that it can count itself: device buffers
+    /// (weights, live sessions' caches) on GPU backends, KV buffers on CPU ones. Empty
+    /// when the runtime does not say; host memory as a whole is the process's RSS.
+    fn memory(&self) -> MemoryReport {
+        MemoryReport::default()
+    }
+
+    /// What a session with `opts` will allocate, before it does; `None` when the backend
+    /// cannot tell.
+    fn session_memory(&self, opts: &SessionOptions) -> Option<SessionMemory> {
+        let _ = opts;
         None
     }
 }
