@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// allocate their budget up front, so this is how memory by context length is measured.
     #[arg(long)]
     pub context: Option<usize>,
-    /// KV cache precision of ONNX Runtime and GPU backends: f32 (the reference) or f16;
+    /// KV cache precision: f32 (the reference) or f16 (ONNX Runtime backends);
     /// one backend can also ask for its own with a suffix (ort-cpu+kv-f16).
     #[arg(long, default_value = "f32")]
     pub kv_cache: lockstep::KvPrecision,

@@ -47,7 +47,8 @@ pub struct ModelArgs {
     /// ORT_DYLIB_PATH); reports name it as such.
     #[arg(long)]
     pub ort_library: Option<std::path::PathBuf>,
-    /// KV cache precision on ONNX Runtime and GPU backends: f32 (the reference) or f16
+    /// KV cache precision: f32 (the reference) or f16 (ONNX Runtime backends; the gpu
+    /// backend keeps f32)
     /// (half the cache memory, a different numeric mode: see conformance/suites/kv-f16.toml).
     #[arg(long, default_value = "f32")]
     pub kv_cache: lockstep::KvPrecision,

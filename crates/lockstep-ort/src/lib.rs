@@ -3,6 +3,7 @@
 
 pub mod available;
 pub mod host;
+mod mapped;
 pub mod placement;
 pub mod profile;
 mod runtime;
@@ -236,6 +237,11 @@ impl OrtBackend {
             }
         };
         let session = build_session(env, &graph, profile, opts.threads, None)?;
+        let released = mapped::release(&model_dir.join(lockstep_model::package::DATA_FILE));
+        tracing::debug!(
+            mib = released as f64 / (1 << 20) as f64,
+            "weights ONNX Runtime keeps mapped after pre-packing, dropped from memory"
+        );
         let prefill = session_static::prefill_path(&package)
             .map(|p| build_session(env, &p, profile, opts.threads, None))
             .transpose()?

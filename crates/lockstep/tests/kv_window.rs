@@ -67,14 +67,10 @@ fn window_sized_sliding_layers_give_the_full_cache_logits_bit_for_bit() {
         .unwrap();
     assert!(m.kv_bytes < f.kv_bytes);
 
-    // A prefill, single steps across the first eviction (at 272), a step longer than the
-    // buffer (300 > 271: the op stages it), more single steps and a mid-size chunk.
-    let tokens = prompt(650);
-    let steps: Vec<usize> = [37, 1, 1, 20]
-        .into_iter()
-        .chain(std::iter::repeat_n(1, 230))
-        .chain([300, 1, 1, 5])
-        .collect();
+    // One prefill longer than the buffer (the op stages it from empty) and single steps
+    // across two evictions (at 272 and 528): bitwise the full-length cache.
+    let tokens = prompt(620);
+    let steps = [300usize];
     let a = run(windowed.as_ref(), budget, &tokens, &steps);
     let b = run(full.as_ref(), budget, &tokens, &steps);
     assert_eq!(a.len(), tokens.len());
@@ -84,6 +80,49 @@ fn window_sized_sliding_layers_give_the_full_cache_logits_bit_for_bit() {
             "position {pos}: windowed and full-length caches differ"
         );
     }
+}
+
+/// A multi-token step after an eviction whose queries straddle position 512 is not bitwise
+/// the full-length cache: ONNX Runtime's attention sums over a different number of keys
+/// and blocks the sum differently (measured with the op alone: 1-2 ulp, 1.2e-7..1.8e-7, in
+/// the attention output of the positions around 512 and 1024, none elsewhere). Here the
+/// same greedy ids at every position, and the logit difference printed and held to f32
+/// rounding (the standard suite's f32 bound is 0.01).
+#[test]
+fn chunked_steps_after_an_eviction_differ_only_by_f32_rounding() {
+    let windowed = open(false);
+    let full = open(true);
+    let tokens = prompt(650);
+    let steps: Vec<usize> = [37, 1, 1, 20]
+        .into_iter()
+        .chain(std::iter::repeat_n(1, 230))
+        .chain([300, 1, 1, 5])
+        .collect();
+    let a = run(windowed.as_ref(), 700, &tokens, &steps);
+    let b = run(full.as_ref(), 700, &tokens, &steps);
+    let mut worst = (0.0f32, 0usize);
+    for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(
+            lockstep_core::argmax(x),
+            lockstep_core::argmax(y),
+            "position {pos}: the greedy id differs"
+        );
+        for (p, q) in x.iter().zip(y) {
+            if (p - q).abs() > worst.0 {
+                worst = ((p - q).abs(), pos);
+            }
+        }
+    }
+    eprintln!(
+        "max |Δlogit| windowed vs full, chunked after an eviction: {} at position {}",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 1e-3,
+        "max |Δlogit| {} at position {}",
+        worst.0,
+        worst.1
+    );
 }
 
 #[test]
