@@ -127,9 +127,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             limit_name: "the model's context",
         });
     }
-    if budget < prompt_len + 1 {
+    // Checked before allocating: the loop would refuse it only after the session exists.
+    if budget < needed {
         return Err(lockstep_core::Error::ContextOverflow {
-            needed: prompt_len + 1,
+            needed,
             limit: budget,
             limit_name: "--context",
         });

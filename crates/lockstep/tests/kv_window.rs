@@ -87,7 +87,7 @@ fn window_sized_sliding_layers_give_the_full_cache_logits_bit_for_bit() {
 /// and blocks the sum differently (measured with the op alone: 1-2 ulp, 1.2e-7..1.8e-7, in
 /// the attention output of the positions around 512 and 1024, none elsewhere). Here the
 /// same greedy ids at every position, and the logit difference printed and held to f32
-/// rounding (the standard suite's f32 bound is 0.01).
+/// rounding: measured 5.6e-5 at position 522 (the standard suite's f32 bound is 0.01).
 #[test]
 fn chunked_steps_after_an_eviction_differ_only_by_f32_rounding() {
     let windowed = open(false);
