@@ -215,12 +215,6 @@ impl OrtSession {
         })
     }
 
-    /// Positions each sliding layer's buffer holds (the budget unless windowed).
-    #[cfg(test)]
-    pub(crate) fn sliding_positions(&self) -> usize {
-        self.sliding.unwrap_or(self.max_tokens)
-    }
-
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         crate::check_step(&self.config, self.len, self.max_tokens, tokens)
     }
@@ -294,5 +288,33 @@ impl Session for OrtSession {
         }
         self.len = len;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_buffers_hold_window_plus_512_minus_1_and_never_more_than_needed() {
+        let c = ModelConfig::gemma3_270m();
+        assert_eq!(sliding_capacity(&c, 32_768), 1023);
+        assert_eq!(sliding_capacity(&c, 800), 800);
+        // The op's minimum is the window, even for a smaller budget.
+        assert_eq!(sliding_capacity(&c, 100), 512);
+    }
+
+    #[test]
+    fn resident_rows_follow_the_ops_contract() {
+        // C = 1023, W = 512: eviction reclaims 512 rows at a time.
+        assert_eq!(resident(1023, 1023, 512), 1023);
+        assert_eq!(resident(1024, 1023, 512), 512);
+        assert_eq!(resident(1535, 1023, 512), 1023);
+        assert_eq!(resident(1536, 1023, 512), 512);
+        // Never fewer than the window once full.
+        for t in 512..5000 {
+            let l = resident(t, 1023, 512);
+            assert!((512..=1023).contains(&l), "{t}: {l}");
+        }
     }
 }
