@@ -55,8 +55,23 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn open(&self) -> Result<Model> {
-        let opts = LoadOptions {
+    /// The backend, then the model's tokenizer, and the generator over both. Loading the
+    /// backend first keeps its load-time peak (ONNX Runtime touches every weight page while
+    /// it pre-packs, before lockstep drops the mapped copies) from stacking on top of the
+    /// tokenizer's resident vocabulary.
+    pub fn open_generator(&self) -> Result<(Model, lockstep::Generator)> {
+        let opts = self.load_options();
+        let dir = lockstep::resolve_model(&self.model, opts.progress)?;
+        let spec: lockstep::BackendSpec = self.backend.parse()?;
+        let backend = lockstep::load_spec(&spec, &dir, &opts)?;
+        lockstep::heap::trim();
+        let model = Model::open_with(&dir.to_string_lossy(), opts)?;
+        let generator = lockstep::Generator::new(backend, model.tokenizer().clone());
+        Ok((model, generator))
+    }
+
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
             threads: self.threads,
             progress: std::io::stderr().is_terminal(),
             provider: self.provider.clone(),
@@ -65,8 +80,7 @@ impl ModelArgs {
             ort_library: self.ort_library.clone(),
             kv_cache: self.kv_cache,
             ..Default::default()
-        };
-        Model::open_with(&self.model, opts)
+        }
     }
 }
 

@@ -114,8 +114,7 @@ fn summary(stats: &Stats, generator: &Generator) -> String {
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let opts = args.sampling.options()?;
-    let model = args.model.open()?;
-    let generator = model.generator(&args.model.backend)?;
+    let (model, generator) = args.model.open_generator()?;
     let prompt_len = model.tokenizer().encode(&args.prompt)?.len();
     let needed = prompt_len + args.sampling.max_tokens;
     let budget = args.context.unwrap_or(needed);
@@ -171,8 +170,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 pub fn chat(args: ChatArgs) -> Result<ExitCode> {
     let opts = args.sampling.options()?;
-    let model = args.model.open()?;
-    let generator = model.generator(&args.model.backend)?;
+    let (_model, generator) = args.model.open_generator()?;
     announce_session(&generator, args.context);
     let session = pollster::block_on(generator.session(args.context))?;
     let mut chat = generator.chat(session)?;
