@@ -31,6 +31,14 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// KV budget of every session, in tokens (default: what each test needs). Sessions
+    /// allocate their budget up front, so this is how memory by context length is measured.
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// KV cache precision: f32 (the reference) or f16 (ONNX Runtime backends);
+    /// one backend can also ask for its own with a suffix (ort-cpu+kv-f16).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: lockstep::KvPrecision,
     /// Print the full report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -96,6 +104,7 @@ pub fn measure(args: &BenchArgs) -> Result<BenchReport> {
             gpu_adapter: args.gpu_adapter.clone(),
             gpu_profile: args.profile,
             progress: true,
+            kv_cache: args.kv_cache,
             ..Default::default()
         },
         profile: args.profile,
@@ -103,6 +112,7 @@ pub fn measure(args: &BenchArgs) -> Result<BenchReport> {
         gen_tokens: args.gen_tokens,
         tg_prompt_tokens: args.tg_prompt_tokens,
         reps: args.reps.max(1),
+        context: args.context,
     };
     // One backend at a time, each dropped before the next loads, so that they neither
     // compete for cores nor share a peak-memory figure.

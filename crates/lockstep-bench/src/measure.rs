@@ -23,6 +23,34 @@ pub struct BenchSpec {
     pub reps: usize,
     /// After the measured runs, one profiled pp and tg run (`Session::profile`).
     pub profile: bool,
+    /// The KV budget of every session; `None`: just what each test needs. Memory by
+    /// context length is measured with it (a session allocates its budget up front).
+    pub context: Option<usize>,
+}
+
+impl BenchSpec {
+    /// The budget of a session that needs `needed` tokens.
+    fn budget(&self, needed: usize) -> Result<usize> {
+        match self.context {
+            None => Ok(needed),
+            Some(c) if c >= needed => Ok(c),
+            Some(c) => Err(Error::InvalidInput(format!(
+                "--context {c} is shorter than the {needed} tokens a test needs"
+            ))),
+        }
+    }
+}
+
+/// Samples the backend's device buffers while a session is alive.
+fn sample_device(backend: &dyn Backend, out: &mut BackendResult) {
+    let m = backend.memory();
+    if let Some(d) = m.device_bytes() {
+        out.device_bytes = Some(out.device_bytes.map_or(d, |p: u64| p.max(d)));
+    }
+    let host = m.host_bytes();
+    if host > 0 {
+        out.kv_host_bytes = Some(out.kv_host_bytes.map_or(host, |p: u64| p.max(host)));
+    }
 }
 
 /// Loads `kind` and measures it. Never fails: a backend that cannot load is reported as
@@ -92,9 +120,10 @@ fn run(
 
     // Warm-up, unmeasured: first runs allocate arenas and compile pipelines.
     progress(&format!("{id}: warm-up"));
-    let mut s = block_on(backend.session(SessionOptions::with_max_tokens(
-        spec.prompt_tokens.max(tg_prompt.len()) + 2,
-    )))?;
+    let warm_budget = spec.budget(spec.prompt_tokens.max(tg_prompt.len()) + 2)?;
+    out.session_memory = backend.session_memory(&SessionOptions::with_max_tokens(warm_budget));
+    let mut s = block_on(backend.session(SessionOptions::with_max_tokens(warm_budget)))?;
+    sample_device(backend, out);
     block_on(s.forward(
         if prompt.is_empty() {
             &tg_prompt
@@ -112,7 +141,8 @@ fn run(
         for rep in 1..=spec.reps {
             // TTFT: a fresh session, the whole prompt, and the first token's id.
             let t0 = Instant::now();
-            let mut s = block_on(backend.session(SessionOptions::with_max_tokens(prompt.len())))?;
+            let budget = spec.budget(prompt.len())?;
+            let mut s = block_on(backend.session(SessionOptions::with_max_tokens(budget)))?;
             let t1 = Instant::now();
             let logits = block_on(s.forward(&prompt, Want::Last))?;
             let pp = t1.elapsed().as_secs_f64();
@@ -134,8 +164,9 @@ fn run(
     if spec.gen_tokens > 0 {
         let mut rates = Vec::new();
         for rep in 1..=spec.reps {
-            let budget = tg_prompt.len() + spec.gen_tokens;
+            let budget = spec.budget(tg_prompt.len() + spec.gen_tokens)?;
             let mut s = block_on(backend.session(SessionOptions::with_max_tokens(budget)))?;
+            sample_device(backend, out);
             let mut tok = block_on(s.forward_greedy(&tg_prompt))?;
             let t = Instant::now();
             for _ in 0..spec.gen_tokens {

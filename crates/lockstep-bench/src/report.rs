@@ -31,6 +31,17 @@ pub struct BackendResult {
     pub peak_rss_bytes: Option<u64>,
     /// Peak RSS minus the RSS before loading: this backend's own footprint.
     pub rss_delta_bytes: Option<u64>,
+    /// Device (GPU) buffers the backend had allocated with one session alive (weights,
+    /// KV cache, working buffers), as it reports them; `None` for host-only backends.
+    #[serde(default)]
+    pub device_bytes: Option<u64>,
+    /// Host buffers the backend counted itself (ONNX Runtime: the KV cache), with one
+    /// session alive; part of the peak RSS.
+    #[serde(default)]
+    pub kv_host_bytes: Option<u64>,
+    /// What the backend said a session of the run's budget would allocate, before it did.
+    #[serde(default)]
+    pub session_memory: Option<lockstep::SessionMemory>,
     /// Where a step's time goes (`--profile`), for backends that can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<BenchProfile>,
@@ -57,6 +68,9 @@ impl BackendResult {
             peak_rss_bytes: None,
             rss_delta_bytes: None,
             profile: None,
+            device_bytes: None,
+            kv_host_bytes: None,
+            session_memory: None,
         }
     }
 }
@@ -121,6 +135,7 @@ impl BenchReport {
             "load s",
             "peak RSS MiB",
             "Δ RSS MiB",
+            "device MiB",
         ];
         let mut rows: Vec<Vec<String>> = Vec::new();
         for r in &self.results {
@@ -147,6 +162,7 @@ impl BenchReport {
                 r.load_s.map_or("-".into(), |s| format!("{s:.2}")),
                 mib(r.peak_rss_bytes),
                 mib(r.rss_delta_bytes),
+                mib(r.device_bytes),
             ]);
         }
         let widths: Vec<usize> = (0..header.len())

@@ -47,20 +47,40 @@ pub struct ModelArgs {
     /// ORT_DYLIB_PATH); reports name it as such.
     #[arg(long)]
     pub ort_library: Option<std::path::PathBuf>,
+    /// KV cache precision: f32 (the reference) or f16 (ONNX Runtime backends; the gpu
+    /// backend keeps f32)
+    /// (half the cache memory, a different numeric mode: see conformance/suites/kv-f16.toml).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: lockstep::KvPrecision,
 }
 
 impl ModelArgs {
-    pub fn open(&self) -> Result<Model> {
-        let opts = LoadOptions {
+    /// The backend, then the model's tokenizer, and the generator over both. Loading the
+    /// backend first keeps its load-time peak (ONNX Runtime touches every weight page while
+    /// it pre-packs, before lockstep drops the mapped copies) from stacking on top of the
+    /// tokenizer's resident vocabulary.
+    pub fn open_generator(&self) -> Result<(Model, lockstep::Generator)> {
+        let opts = self.load_options();
+        let dir = lockstep::resolve_model(&self.model, opts.progress)?;
+        let spec: lockstep::BackendSpec = self.backend.parse()?;
+        let backend = lockstep::load_spec(&spec, &dir, &opts)?;
+        lockstep::heap::trim();
+        let model = Model::open_with(&dir.to_string_lossy(), opts)?;
+        let generator = lockstep::Generator::new(backend, model.tokenizer().clone());
+        Ok((model, generator))
+    }
+
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
             threads: self.threads,
             progress: std::io::stderr().is_terminal(),
             provider: self.provider.clone(),
             fallback: self.fallback.clone(),
             runtime: self.runtime.clone(),
             ort_library: self.ort_library.clone(),
+            kv_cache: self.kv_cache,
             ..Default::default()
-        };
-        Model::open_with(&self.model, opts)
+        }
     }
 }
 

@@ -47,9 +47,9 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
         }
     };
     let ort = lockstep_ort::OrtOptions {
-        library,
         threads: args.threads,
         package: Some(package),
+        ..lockstep_ort::OrtOptions::new(library)
     };
     let report = lockstep_ort::inspect_placement(&dir, &ort, &profile, args.predict)?;
     println!("model: {}", dir.display());

@@ -21,6 +21,10 @@ pub struct RunArgs {
     /// {"stats"}.
     #[arg(long)]
     pub json: bool,
+    /// KV budget of the session, in tokens: the most prompt plus generated tokens it can
+    /// hold, allocated up front [default: the prompt's tokens + --max-tokens].
+    #[arg(long)]
+    pub context: Option<usize>,
     /// The prompt; a base model continues it.
     pub prompt: String,
 }
@@ -37,6 +41,24 @@ pub struct ChatArgs {
     /// KV budget of the whole conversation, in tokens.
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
+}
+
+/// The line commands print before a session allocates: what it will take.
+fn announce_session(generator: &Generator, context: usize) {
+    let info = generator.backend().info();
+    match lockstep::session_memory(generator, context) {
+        Some(m) => eprintln!(
+            "lockstep: a {context}-token session on {} allocates {} ({} in all)",
+            info.id,
+            m.describe(),
+            lockstep_core::mib(m.total())
+        ),
+        None => eprintln!(
+            "lockstep: a {context}-token session on {}: {} does not say what it allocates",
+            info.id,
+            info.runtime_label()
+        ),
+    }
 }
 
 fn stop_name(stop: &StopReason) -> String {
@@ -65,8 +87,15 @@ fn summary(stats: &Stats, generator: &Generator) -> String {
         r.map(|v| format!("{v:.1} tok/s"))
             .unwrap_or_else(|| "n/a".into())
     };
+    // GPU backends: the device buffers held now, with the session alive.
+    let device = generator
+        .backend()
+        .memory()
+        .device_bytes()
+        .map(|b| format!(", device buffers {}", lockstep_core::mib(b)))
+        .unwrap_or_default();
     format!(
-        "{} prompt tokens, {} generated, time to first token {:.0} ms, prefill {}, decode {}, stopped by {} [{}: {} on {}{}]",
+        "{} prompt tokens, {} generated, time to first token {:.0} ms, prefill {}, decode {}, stopped by {} [{}: {} on {}{}{device}]",
         stats.prompt_tokens,
         stats.generated_tokens,
         stats.time_to_first_token.as_secs_f64() * 1e3,
@@ -85,10 +114,10 @@ fn summary(stats: &Stats, generator: &Generator) -> String {
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let opts = args.sampling.options()?;
-    let model = args.model.open()?;
-    let generator = model.generator(&args.model.backend)?;
+    let (model, generator) = args.model.open_generator()?;
     let prompt_len = model.tokenizer().encode(&args.prompt)?.len();
-    let budget = prompt_len + args.sampling.max_tokens;
+    let needed = prompt_len + args.sampling.max_tokens;
+    let budget = args.context.unwrap_or(needed);
     let context = model.config().context_length;
     if budget > context {
         return Err(lockstep_core::Error::ContextOverflow {
@@ -97,6 +126,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             limit_name: "the model's context",
         });
     }
+    // Checked before allocating: the loop would refuse it only after the session exists.
+    if budget < needed {
+        return Err(lockstep_core::Error::ContextOverflow {
+            needed,
+            limit: budget,
+            limit_name: "--context",
+        });
+    }
+    announce_session(&generator, budget);
     let mut session = pollster::block_on(generator.session(budget))?;
     let mut stream = generator.generate_stream(session.as_mut(), args.prompt.as_str(), opts)?;
     let mut out = std::io::stdout().lock();
@@ -132,8 +170,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 pub fn chat(args: ChatArgs) -> Result<ExitCode> {
     let opts = args.sampling.options()?;
-    let model = args.model.open()?;
-    let generator = model.generator(&args.model.backend)?;
+    let (_model, generator) = args.model.open_generator()?;
+    announce_session(&generator, args.context);
     let session = pollster::block_on(generator.session(args.context))?;
     let mut chat = generator.chat(session)?;
     if let Some(system) = &args.system {

@@ -151,6 +151,73 @@ fn prompt_longer_than_the_budget() {
 }
 
 #[test]
+fn context_smaller_than_prompt_and_generation_and_unknown_kv_precision() {
+    let line = one_error_line(&lockstep(
+        &[
+            "run",
+            "--model",
+            "gemma3-tiny",
+            "--context",
+            "8",
+            "--max-tokens",
+            "8",
+            "hello",
+        ],
+        &[],
+    ));
+    assert!(
+        line.contains("do not fit") && line.contains("--context is 8"),
+        "{line}"
+    );
+    let line = one_error_line(&lockstep(
+        &["run", "--model", "gemma3-tiny", "--kv-cache", "bf16", "hi"],
+        &[],
+    ));
+    assert!(line.contains("unknown KV cache precision 'bf16'"), "{line}");
+    let line = one_error_line(&lockstep(
+        &[
+            "run",
+            "--model",
+            "gemma3-tiny",
+            "--backend",
+            "gpu+kv-f16",
+            "hi",
+        ],
+        &[],
+    ));
+    assert!(line.contains("f32 only") || line.contains("gpu"), "{line}");
+}
+
+#[test]
+fn run_announces_the_session_before_allocating() {
+    let out = lockstep(
+        &[
+            "run",
+            "--model",
+            "gemma3-tiny",
+            "--context",
+            "512",
+            "--max-tokens",
+            "4",
+            "hi",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // ort-cpu on the tiny model: 2 global layers at the budget, 2 sliding layers at the
+    // window (16) + 256 - 1 positions, f32.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("512-token session"))
+        .unwrap_or_else(|| panic!("no announcement in: {stderr}"));
+    assert!(
+        line.contains("2 global layers x 512 + 2 sliding layers x 271 positions, f32"),
+        "{line}"
+    );
+}
+
+#[test]
 fn unreachable_registry() {
     let home = tempfile::tempdir().unwrap();
     let out = lockstep(

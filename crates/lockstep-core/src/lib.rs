@@ -8,11 +8,13 @@
 mod config;
 mod error;
 mod logits;
+mod memory;
 mod profile;
 
 pub use config::{LayerKind, ModelConfig};
 pub use error::{Error, Result};
 pub use logits::{argmax, check_finite, Logits};
+pub use memory::{kv_layout, mib, KvPrecision, MemoryPart, MemoryReport, SessionMemory};
 pub use profile::{HostTime, KernelTime, StepProfile};
 
 use async_trait::async_trait;
@@ -91,6 +93,20 @@ pub trait Backend: Send + Sync {
     /// The id of the process the backend computes in, when it is not this one (a host
     /// process): benchmarks read that process's memory.
     fn host_process(&self) -> Option<u32> {
+        None
+    }
+
+    /// What the backend has allocated now that it can count itself: device buffers
+    /// (weights, live sessions' caches) on GPU backends, KV buffers on CPU ones. Empty
+    /// when the runtime does not say; host memory as a whole is the process's RSS.
+    fn memory(&self) -> MemoryReport {
+        MemoryReport::default()
+    }
+
+    /// What a session with `opts` will allocate, before it does; `None` when the backend
+    /// cannot tell.
+    fn session_memory(&self, opts: &SessionOptions) -> Option<SessionMemory> {
+        let _ = opts;
         None
     }
 }

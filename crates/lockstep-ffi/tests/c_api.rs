@@ -115,7 +115,8 @@ fn session_len(s: *const LockstepSession) -> usize {
 
 #[test]
 fn a_missing_model_is_a_model_error_and_leaves_null() {
-    let mut model = 0x1 as *mut LockstepModel;
+    // Not null, so that the test sees the call write null on failure.
+    let mut model = std::ptr::dangling_mut::<LockstepModel>();
     let st = unsafe { lockstep_model_open(c("/no/such/dir").as_ptr(), null(), &mut model) };
     assert_eq!(st, LockstepStatus::Model);
     assert!(model.is_null());
@@ -201,7 +202,7 @@ fn bad_arguments_are_statuses_not_crashes() {
 #[test]
 fn unknown_backend_and_over_budget_prompt() {
     let f = Fixture::new();
-    let mut backend = 0x1 as *mut LockstepBackend;
+    let mut backend = std::ptr::dangling_mut::<LockstepBackend>();
     let st = unsafe { lockstep_backend_open(f.model, c("no-such-backend").as_ptr(), &mut backend) };
     assert_eq!(st, LockstepStatus::InvalidInput);
     assert!(backend.is_null());

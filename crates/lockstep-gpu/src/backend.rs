@@ -3,7 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use lockstep_core::{Backend, BackendInfo, ModelConfig, Result, Session, SessionOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lockstep_core::{
+    Backend, BackendInfo, Error, KvPrecision, MemoryPart, MemoryReport, ModelConfig, Result,
+    Session, SessionMemory, SessionOptions,
+};
 use lockstep_model::weights::ModelWeights;
 
 use crate::context::GpuContext;
@@ -37,6 +42,8 @@ pub struct GpuOptions {
     pub attention_min_tiles: usize,
     /// Steps of at least this many tokens run the tiled prefill matmul.
     pub tiled_min_tokens: usize,
+    /// The KV cache's element type; the kernels keep f32 (the reference).
+    pub kv: KvPrecision,
 }
 
 impl Default for GpuOptions {
@@ -50,6 +57,7 @@ impl Default for GpuOptions {
             run_ahead: true,
             attention_min_tiles: 1,
             tiled_min_tokens: crate::kernels::TILED_MIN_TOKENS,
+            kv: KvPrecision::F32,
         }
     }
 }
@@ -62,6 +70,8 @@ pub(crate) struct Inner {
     pub config: ModelConfig,
     pub opts: GpuOptions,
     pub projection_bits: u8,
+    /// Device bytes of the live sessions' buffers.
+    pub live_session_bytes: AtomicU64,
 }
 
 /// The model on a GPU through wgpu (Vulkan, Metal, D3D12), with our own WGSL kernels.
@@ -74,6 +84,12 @@ impl GpuBackend {
     /// Opens the GPU, builds the pipelines and uploads `weights` in their quantized form.
     /// Without a usable adapter this is `Error::Unavailable`, saying what to install.
     pub fn load(weights: ModelWeights, opts: GpuOptions) -> Result<Self> {
+        if opts.kv != KvPrecision::F32 {
+            return Err(Error::InvalidInput(format!(
+                "the gpu backend's kernels keep the KV cache in f32 only; {} is available on ONNX Runtime backends (ort-cpu+kv-{})",
+                opts.kv, opts.kv
+            )));
+        }
         let ctx = GpuContext::new(opts.adapter.as_deref(), opts.profile)?;
         if opts.profile && !ctx.timestamps {
             tracing::warn!(
@@ -98,6 +114,7 @@ impl GpuBackend {
                 config: weights.config,
                 opts,
                 projection_bits,
+                live_session_bytes: AtomicU64::new(0),
             }),
         })
     }
@@ -132,8 +149,8 @@ impl Backend for GpuBackend {
             },
             device: self.inner.ctx.describe(),
             precision: match self.inner.projection_bits {
-                4 => "int4 weights (int8 embedding), f32 compute".into(),
-                b => format!("int{b} weights, f32 compute"),
+                4 => "int4 weights (int8 embedding), f32 compute; KV cache f32, sliding layers in a ring".into(),
+                b => format!("int{b} weights, f32 compute; KV cache f32, sliding layers in a ring"),
             },
             ..Default::default()
         }
@@ -145,5 +162,26 @@ impl Backend for GpuBackend {
 
     async fn session(&self, opts: SessionOptions) -> Result<Box<dyn Session>> {
         Ok(Box::new(self.new_session(opts)?))
+    }
+
+    fn memory(&self) -> MemoryReport {
+        MemoryReport {
+            parts: vec![
+                MemoryPart {
+                    what: "weights".into(),
+                    bytes: self.inner.weights.device_bytes(),
+                    device: true,
+                },
+                MemoryPart {
+                    what: "sessions (KV cache and working buffers)".into(),
+                    bytes: self.inner.live_session_bytes.load(Ordering::Relaxed),
+                    device: true,
+                },
+            ],
+        }
+    }
+
+    fn session_memory(&self, opts: &SessionOptions) -> Option<SessionMemory> {
+        Some(crate::session::plan(&self.inner, opts.max_tokens))
     }
 }

@@ -217,6 +217,67 @@ pub struct GpuSession {
     host: HostTime,
     steps: u64,
     tokens_run: u64,
+    /// Bytes of the buffers this session allocated (KV cache, working buffers), counted in
+    /// the backend's device total while it lives.
+    device_bytes: u64,
+}
+
+impl Drop for GpuSession {
+    fn drop(&mut self) {
+        self.inner
+            .live_session_bytes
+            .fetch_sub(self.device_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What a session of `max_tokens` allocates, computed as [`GpuSession::new`] sizes its
+/// buffers (a test holds the two equal).
+pub(crate) fn plan(inner: &Inner, max_tokens: usize) -> lockstep_core::SessionMemory {
+    let c = &inner.config;
+    let max_binding = inner.ctx.max_binding_bytes();
+    let max_batch = inner.opts.max_batch.clamp(1, max_tokens.max(1));
+    let logit_rows = max_batch
+        .min(MAX_LOGIT_ROWS)
+        .min((max_binding / (4 * c.vocab_size as u64)) as usize)
+        .max(1);
+    let ring_cap = (c.sliding_window + max_batch - 1 + inner.opts.ring_history).min(max_tokens);
+    let b = max_batch;
+    let (h, q, kv, f) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
+    let attn_slots = max_batch.max(ATTN_MIN_SLOTS);
+    let f32s = |n: usize| (n.max(1) * 4) as u64;
+    let working: u64 = [
+        b,
+        b * h,
+        b * h,
+        b * (q + 2 * kv),
+        b * q,
+        b * q,
+        b * h,
+        b * 2 * f,
+        b * f,
+        logit_rows * h,
+        logit_rows * c.vocab_size,
+        1,
+        2 * ARGMAX_GROUPS as usize,
+        attn_slots * c.num_heads * c.head_dim,
+        attn_slots * c.num_heads * 2,
+    ]
+    .into_iter()
+    .map(f32s)
+    .sum::<u64>()
+        + f32s(logit_rows * c.vocab_size) // staging
+        + 2 * 4 // the two argmax read-back buffers
+        + 2 * std::mem::size_of::<Batch>() as u64
+        + (2 * c.num_layers * std::mem::size_of::<AttnParams>()) as u64;
+    let mut m = lockstep_core::kv_layout(
+        c,
+        max_tokens,
+        Some(ring_cap),
+        lockstep_core::KvPrecision::F32,
+    );
+    m.working_bytes = working;
+    m.device = true;
+    m
 }
 
 impl GpuSession {
@@ -252,15 +313,21 @@ impl GpuSession {
         }
 
         device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        // Every buffer this session creates, for the backend's device-memory report.
+        let tally = std::cell::Cell::new(0u64);
+        let counted = |b: wgpu::Buffer| {
+            tally.set(tally.get() + b.size());
+            b
+        };
         let f32s = |label: &str, n: usize| {
-            device.create_buffer(&wgpu::BufferDescriptor {
+            counted(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: (n.max(1) * 4) as u64,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            })
+            }))
         };
         let b = max_batch;
         let (h, q, kv, f) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
@@ -281,29 +348,29 @@ impl GpuSession {
         let attn_slots = max_batch.max(ATTN_MIN_SLOTS);
         let part_acc = f32s("attention partials", attn_slots * c.num_heads * c.head_dim);
         let part_ml = f32s("attention partial max/sum", attn_slots * c.num_heads * 2);
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = counted(device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("staging"),
             size: logits.size(),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
+        }));
         let batch_buffer = |label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
+            counted(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: std::mem::size_of::<Batch>() as u64,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            })
+            }))
         };
         let batch = batch_buffer("batch");
         let lm_batch = batch_buffer("lm batch");
         let id_staging = |label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
+            counted(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: 4,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            })
+            }))
         };
         let argmax_staging = [
             id_staging("argmax staging 0"),
@@ -331,7 +398,7 @@ impl GpuSession {
                 slots: attn_slots as u32,
                 min_tiles: inner.opts.attention_min_tiles as u32,
             };
-            uniform(device, "attention params", &p)
+            counted(uniform(device, "attention params", &p))
         };
         let add_norm = |w_post: &wgpu::Buffer, w_next: &wgpu::Buffer| {
             bind(
@@ -465,7 +532,12 @@ impl GpuSession {
                 "could not allocate a {max_tokens}-token session on the GPU: {e}"
             )));
         }
+        let device_bytes = tally.get();
+        inner
+            .live_session_bytes
+            .fetch_add(device_bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
+            device_bytes,
             max_tokens,
             len: 0,
             max_batch,

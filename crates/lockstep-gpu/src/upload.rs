@@ -254,6 +254,58 @@ impl GpuWeights {
     }
 }
 
+impl GpuMatrix {
+    fn device_bytes(&self) -> u64 {
+        self.data.size() + self.scales.size() + self.params.size()
+    }
+}
+
+impl GpuWeights {
+    /// Bytes of every buffer the weights occupy on the device (codes, scales, norms, RoPE
+    /// tables, dispatch parameters), as allocated.
+    pub fn device_bytes(&self) -> u64 {
+        let embed: u64 = self
+            .embed
+            .iter()
+            .map(|e| e.matrix.device_bytes() + e.embed_params.size())
+            .sum();
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.qkv, &l.o, &l.gate_up, &l.down]
+                    .iter()
+                    .map(|m| m.device_bytes())
+                    .sum::<u64>()
+                    + [
+                        &l.attn_norm,
+                        &l.q_norm,
+                        &l.k_norm,
+                        &l.post_attn_norm,
+                        &l.pre_ffn_norm,
+                        &l.post_ffn_norm,
+                    ]
+                    .iter()
+                    .map(|b| b.size())
+                    .sum::<u64>()
+            })
+            .sum();
+        embed
+            + layers
+            + [
+                &self.final_norm,
+                &self.inv_freq_local,
+                &self.inv_freq_global,
+                &self.norm_params,
+                &self.geglu_params,
+                &self.argmax_params,
+            ]
+            .iter()
+            .map(|b| b.size())
+            .sum::<u64>()
+    }
+}
+
 /// Rows `start..start + rows` of a quantized matrix, as a matrix of its own.
 fn slice_rows(m: &QuantMatrix, start: usize, rows: usize) -> QuantMatrix {
     let row_bytes = m.k * m.bits as usize / 8;

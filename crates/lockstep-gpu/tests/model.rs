@@ -74,7 +74,10 @@ fn info_names_adapter_and_api() {
     eprintln!("{info:?}");
     assert_eq!(info.id, "gpu");
     assert!(info.device.contains(" / "), "{}", info.device);
-    assert_eq!(info.precision, "int4 weights (int8 embedding), f32 compute");
+    assert_eq!(
+        info.precision,
+        "int4 weights (int8 embedding), f32 compute; KV cache f32, sliding layers in a ring"
+    );
 }
 
 #[test]
@@ -284,7 +287,10 @@ fn eight_bit_projections_match_cpu_reference() {
     let mut cache = reference::KvCache::new(&w.config);
     let want = reference::forward(&w, &mut cache, &prompt, Want::All);
     let gpu = GpuBackend::load(w, options()).unwrap();
-    assert_eq!(gpu.info().precision, "int8 weights, f32 compute");
+    assert_eq!(
+        gpu.info().precision,
+        "int8 weights, f32 compute; KV cache f32, sliding layers in a ring"
+    );
     let mut s = gpu
         .new_session(SessionOptions::with_max_tokens(16))
         .unwrap();
@@ -358,4 +364,22 @@ fn run_ahead_gives_the_ids_of_plain_steps() {
     let (a, b) = (script(&fast), script(&plain));
     assert_eq!(a, b);
     assert!(a.len() > 30, "{a:?}");
+}
+
+#[test]
+fn device_buffers_are_reported_and_a_session_allocates_what_it_announced() {
+    let gpu = GpuBackend::load(weights(), options()).unwrap();
+    let weights_only = gpu.memory().device_bytes().unwrap();
+    assert!(weights_only > 0);
+    let opts = SessionOptions::with_max_tokens(64);
+    let plan = gpu.session_memory(&opts).unwrap();
+    assert!(plan.device);
+    let s = block_on(gpu.session(opts)).unwrap();
+    // Every buffer the session created, counted as it was created, is what the plan said.
+    assert_eq!(
+        gpu.memory().device_bytes().unwrap(),
+        weights_only + plan.total()
+    );
+    drop(s);
+    assert_eq!(gpu.memory().device_bytes().unwrap(), weights_only);
 }

@@ -15,10 +15,11 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Bumped whenever the graph or the weight layout changes, so that a cached conversion
-/// made by an older lockstep is rebuilt instead of trusted. 4: Q/K/V and gate/up as one
-/// matmul each (3 was taken by a development branch's graph: never reuse a number that a
-/// cache may hold for another graph).
-pub const CONVERTER_VERSION: u32 = 4;
+/// made by an older lockstep is rebuilt instead of trusted. 5: Q/K/V and gate/up as one
+/// matmul each, and the default variant carries one graph per KV-cache layout and precision
+/// (`convert::kv_graph`). 3 and 4 were taken by development branches' graphs: never reuse a
+/// number that a cache may hold for another graph.
+pub const CONVERTER_VERSION: u32 = 5;
 
 /// How the weights were quantized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +127,16 @@ impl ModelPackage {
 
     pub fn model_path(&self) -> PathBuf {
         self.dir.join(MODEL_FILE)
+    }
+
+    /// The graph with the sliding layers' cache at window size (`windowed`) and the cache
+    /// in `kv` precision, when this package has it (default variant); `None` for a
+    /// `coreml` package, which has one graph.
+    pub fn kv_graph_path(&self, windowed: bool, kv: lockstep_core::KvPrecision) -> Option<PathBuf> {
+        let p = self
+            .dir
+            .join(crate::convert::kv_graph::graph_file(windowed, kv));
+        p.is_file().then_some(p)
     }
 
     pub fn tokenizer_path(&self) -> PathBuf {

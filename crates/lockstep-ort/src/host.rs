@@ -36,6 +36,14 @@ pub struct HostParams {
     pub fallback: Option<ProviderProfile>,
     /// The id reports show (e.g. `ort-cpu:1.32.0`).
     pub id: String,
+    #[serde(default)]
+    pub kv: lockstep_core::KvPrecision,
+    #[serde(default = "yes")]
+    pub window_cache: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A loaded ONNX Runtime backend and the lines to show the user about it.
@@ -77,6 +85,8 @@ pub fn load(
         profile: choice.profile.clone(),
         fallback: choice.fallback.clone(),
         id: id.to_string(),
+        kv: opts.kv,
+        window_cache: opts.window_cache,
     };
     let command = HostCommand {
         program: host_program()?,
@@ -101,6 +111,8 @@ pub fn host_main() -> Result<()> {
             library: params.library,
             threads: params.threads,
             package: params.package,
+            kv: params.kv,
+            window_cache: params.window_cache,
         };
         let choice = ProviderChoice {
             profile: params.profile,

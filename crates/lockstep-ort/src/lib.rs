@@ -3,6 +3,7 @@
 
 pub mod available;
 pub mod host;
+mod mapped;
 pub mod placement;
 pub mod profile;
 mod runtime;
@@ -10,10 +11,14 @@ mod session;
 mod session_static;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use lockstep_core::{Backend, BackendInfo, Error, ModelConfig, Result, Session, SessionOptions};
+use lockstep_core::{
+    Backend, BackendInfo, Error, KvPrecision, MemoryPart, MemoryReport, ModelConfig, Result,
+    Session, SessionMemory, SessionOptions,
+};
 use lockstep_model::package::ModelPackage;
 use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 
@@ -35,6 +40,12 @@ pub struct OrtOptions {
     pub threads: Option<usize>,
     /// Where the library came from, for reports: `onnxruntime 1.32.0 (PyPI)`.
     pub package: Option<String>,
+    /// The KV cache's element type (a numeric mode; f32 is the reference).
+    pub kv: KvPrecision,
+    /// Keep the sliding-window layers' cache at window size where the runtime and provider
+    /// support it (the default); `false` allocates the whole budget on every layer, as
+    /// before, which comparisons use as the baseline.
+    pub window_cache: bool,
 }
 
 impl OrtOptions {
@@ -43,8 +54,22 @@ impl OrtOptions {
             library: library.into(),
             threads: None,
             package: None,
+            kv: KvPrecision::F32,
+            window_cache: true,
         }
     }
+}
+
+/// The oldest ONNX Runtime whose CPU GroupQueryAttention was measured to evict on its own
+/// (`sliding_window_cache`): 1.31.1, token-identical to the full-length cache.
+const WINDOW_CACHE_MIN: (u32, u32) = (1, 31);
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.split('.');
+    Some((
+        it.next()?.trim().parse().ok()?,
+        it.next()?.trim().parse().ok()?,
+    ))
 }
 
 /// Which provider profile to run on, and what may replace it when it cannot run here.
@@ -75,6 +100,10 @@ pub struct OrtBackend {
     cpu_nodes: Option<String>,
     /// Where sessions keep their KV cache.
     kv: session::KvMemory,
+    /// Which cache layout and precision the loaded graph has.
+    layout: session::KvLayout,
+    /// Bytes of the live sessions' KV buffers.
+    live_kv: Arc<AtomicU64>,
 }
 
 pub(crate) fn runtime_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
@@ -195,7 +224,38 @@ impl OrtBackend {
             );
             (fb, Some(note))
         };
-        let session = build_session(env, &package.model_path(), profile, opts.threads, None)?;
+        let version = available::library_version(&opts.library);
+        // GroupQueryAttention evicts by itself only in the CPU kernel (WebGPU and CUDA reject
+        // the attribute or want capacity == window; OpenVINO compiles the op itself).
+        let cpu_attention = matches!(
+            profile.kind(),
+            profile::EpKind::Cpu(_) | profile::EpKind::Xnnpack(_) | profile::EpKind::CoreMl(_)
+        );
+        let windowed = opts.window_cache
+            && cpu_attention
+            && parse_version(&version).is_some_and(|v| v >= WINDOW_CACHE_MIN)
+            && package.kv_graph_path(true, opts.kv).is_some();
+        let layout = session::KvLayout {
+            windowed,
+            precision: opts.kv,
+        };
+        let graph = match package.kv_graph_path(windowed, opts.kv) {
+            Some(p) => p,
+            None if opts.kv == KvPrecision::F32 => package.model_path(),
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "{} has no graph with an {} KV cache (a coreml conversion has only f32)",
+                    model_dir.display(),
+                    opts.kv
+                )))
+            }
+        };
+        let session = build_session(env, &graph, profile, opts.threads, None)?;
+        let released = mapped::release(&model_dir.join(lockstep_model::package::DATA_FILE));
+        tracing::debug!(
+            mib = released as f64 / (1 << 20) as f64,
+            "weights ONNX Runtime keeps mapped after pre-packing, dropped from memory"
+        );
         let prefill = session_static::prefill_path(&package)
             .map(|p| build_session(env, &p, profile, opts.threads, None))
             .transpose()?
@@ -265,7 +325,6 @@ impl OrtBackend {
             (profile::EpKind::Cuda(_), profile::KvPlacement::Device) => session::KvMemory::Cuda,
             _ => session::KvMemory::Host,
         };
-        let version = available::library_version(&opts.library);
         if let Some(note) = &fallback {
             device = format!("{device}; fallback: {note}");
         }
@@ -281,12 +340,18 @@ impl OrtBackend {
                 runtime: format!("ONNX Runtime {version}"),
                 device,
                 precision: format!(
-                    "int4 weights (int8 embedding), accuracy_level {}; {}",
+                    "int4 weights (int8 embedding), accuracy_level {}; {}; KV cache {}{}",
                     package.manifest.quantization.accuracy_level,
                     profile
                         .numerics
                         .as_deref()
-                        .unwrap_or("the provider's own numerics")
+                        .unwrap_or("the provider's own numerics"),
+                    opts.kv,
+                    if windowed {
+                        ", sliding layers at window size"
+                    } else {
+                        ""
+                    }
                 ),
                 package: Some(
                     opts.package
@@ -299,6 +364,8 @@ impl OrtBackend {
             fallback,
             cpu_nodes,
             kv,
+            layout,
+            live_kv: Arc::default(),
         })
     }
 
@@ -371,6 +438,11 @@ fn measure(
         fallback: None,
         cpu_nodes: None,
         kv: session::KvMemory::Host,
+        layout: session::KvLayout {
+            windowed: false,
+            precision: KvPrecision::F32,
+        },
+        live_kv: Arc::default(),
     };
     let bos = backend.config.bos_token_id;
     pollster::block_on(async {
@@ -424,7 +496,32 @@ impl Backend for OrtBackend {
             self.config.clone(),
             opts.max_tokens,
             self.kv,
+            self.layout,
+            Arc::clone(&self.live_kv),
         )?))
+    }
+
+    fn memory(&self) -> MemoryReport {
+        let bytes = self.live_kv.load(Ordering::Relaxed);
+        MemoryReport {
+            parts: vec![MemoryPart {
+                what: "KV cache (live sessions)".into(),
+                bytes,
+                device: self.kv != session::KvMemory::Host,
+            }],
+        }
+    }
+
+    fn session_memory(&self, opts: &SessionOptions) -> Option<SessionMemory> {
+        if session_static::is_static(&self.session) {
+            return None;
+        }
+        Some(session::session_memory(
+            &self.config,
+            opts.max_tokens,
+            self.layout,
+            self.kv != session::KvMemory::Host,
+        ))
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use lockstep_core::{
-    Backend, BackendInfo, Error, Logits, ModelConfig, Result, Session, SessionOptions, Want,
+    Backend, BackendInfo, Error, Logits, MemoryReport, ModelConfig, Result, Session, SessionMemory,
+    SessionOptions, Want,
 };
 use serde::Serialize;
 
@@ -169,6 +170,23 @@ impl Backend for RemoteBackend {
 
     fn host_process(&self) -> Option<u32> {
         Some(self.pid)
+    }
+
+    fn memory(&self) -> MemoryReport {
+        match lock(&self.conn).and_then(|mut c| c.call(&Request::Memory)) {
+            Ok((Response::Memory(m), _)) => m,
+            _ => MemoryReport::default(),
+        }
+    }
+
+    fn session_memory(&self, opts: &SessionOptions) -> Option<SessionMemory> {
+        let request = Request::SessionMemory {
+            max_tokens: opts.max_tokens,
+        };
+        match lock(&self.conn).and_then(|mut c| c.call(&request)) {
+            Ok((Response::SessionMemory(m), _)) => m,
+            _ => None,
+        }
     }
 }
 

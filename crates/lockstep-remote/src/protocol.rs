@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 
-use lockstep_core::{BackendInfo, Error, ModelConfig};
+use lockstep_core::{BackendInfo, Error, MemoryReport, ModelConfig, SessionMemory};
 use serde::{Deserialize, Serialize};
 
 /// The most a header may claim: a corrupt length must not make the reader allocate
@@ -36,6 +36,12 @@ pub(crate) enum Request {
     DropSession {
         session: u64,
     },
+    /// The backend's [`MemoryReport`] now.
+    Memory,
+    /// What a session of `max_tokens` would allocate.
+    SessionMemory {
+        max_tokens: usize,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +65,8 @@ pub(crate) enum Response {
         id: u32,
     },
     Done,
+    Memory(MemoryReport),
+    SessionMemory(Option<SessionMemory>),
     Failed(WireError),
 }
 

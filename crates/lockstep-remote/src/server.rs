@@ -143,5 +143,12 @@ fn answer(
             sessions.remove(&id);
             (Response::Done, Vec::new())
         }
+        Request::Memory => (Response::Memory(backend.memory()), Vec::new()),
+        Request::SessionMemory { max_tokens } => (
+            Response::SessionMemory(
+                backend.session_memory(&SessionOptions::with_max_tokens(max_tokens)),
+            ),
+            Vec::new(),
+        ),
     })
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use lockstep_core::{Backend, Error, Result};
+use lockstep_core::{Backend, Error, KvPrecision, Result};
 use lockstep_fetch::cache::Cache;
 use lockstep_fetch::fetch::ORT_DYLIB_PATH_ENV;
 use lockstep_fetch::manifest::RuntimeManifest;
@@ -126,29 +126,40 @@ impl FromStr for BackendKind {
     }
 }
 
-/// A backend id as written: the backend and, for ONNX Runtime, which runtime package.
+/// A backend id as written: the backend, for ONNX Runtime which runtime package, and a
+/// KV-cache precision other than the load options' (`gpu+kv-f16`, `ort-cpu:1.32.0+kv-f16`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendSpec {
     pub kind: BackendKind,
     /// A runtime id (`onnxruntime-1.32.0`) or version (`1.32.0`) from
     /// `providers/runtime/`; `None`: the first runtime that carries the provider.
     pub runtime: Option<String>,
+    /// `+kv-f16`: this backend's KV cache precision, over [`LoadOptions::kv_cache`].
+    pub kv: Option<KvPrecision>,
 }
+
+/// Written after a backend id to give it a KV-cache precision: `gpu+kv-f16`.
+pub const KV_SUFFIX: &str = "+kv-";
 
 impl BackendSpec {
     pub fn new(kind: BackendKind) -> Self {
         Self {
             kind,
             runtime: None,
+            kv: None,
         }
     }
 
-    /// The id as written (`ort-cpu:1.32.0`): what reports call the backend.
+    /// The id as written (`ort-cpu:1.32.0+kv-f16`): what reports call the backend.
     pub fn id(&self) -> String {
-        match &self.runtime {
+        let mut id = match &self.runtime {
             Some(r) => format!("{}:{r}", self.kind.id()),
             None => self.kind.id().to_string(),
+        };
+        if let Some(kv) = self.kv {
+            id.push_str(&format!("{KV_SUFFIX}{kv}"));
         }
+        id
     }
 }
 
@@ -163,6 +174,10 @@ impl FromStr for BackendSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
+        let (s, kv) = match s.rsplit_once(KV_SUFFIX) {
+            Some((base, kv)) => (base, Some(kv.parse::<KvPrecision>()?)),
+            None => (s, None),
+        };
         let (kind, runtime) = match s.split_once(':') {
             Some((k, r)) => (k, Some(r)),
             None => (s, None),
@@ -179,8 +194,10 @@ impl FromStr for BackendSpec {
             Some(r) => Ok(Self {
                 kind,
                 runtime: Some(r.to_string()),
+                kv: None,
             }),
         }
+        .map(|spec| Self { kv, ..spec })
     }
 }
 
@@ -210,6 +227,12 @@ pub struct LoadOptions {
     /// The profile to run on when `provider`'s cannot run here. `None` is strict: that
     /// is an error.
     pub fallback: Option<String>,
+    /// The KV cache's element type on ONNX Runtime and GPU backends (f32, the reference,
+    /// unless asked); llama.cpp keeps its own (f16).
+    pub kv_cache: KvPrecision,
+    /// ONNX Runtime: allocate the whole budget on every layer, as before sliding layers
+    /// were kept at window size; comparisons use it as the baseline.
+    pub full_kv_cache: bool,
 }
 
 impl LoadOptions {
@@ -346,11 +369,17 @@ pub fn load_spec(
             let gpu_opts = lockstep_gpu::GpuOptions {
                 adapter: opts.gpu_adapter.clone(),
                 profile: opts.gpu_profile,
+                kv: spec.kv.unwrap_or(opts.kv_cache),
                 ..Default::default()
             };
             Arc::new(lockstep_gpu::GpuBackend::load_dir(model_dir, gpu_opts)?)
         }
         BackendKind::LlamaCpp => {
+            if spec.kv.is_some_and(|kv| kv != KvPrecision::F16) {
+                return Err(Error::InvalidInput(
+                    "llama.cpp keeps its KV cache in f16; the llama-cpp backend takes no other KV precision".into(),
+                ));
+            }
             if opts.provider.is_some() || opts.fallback.is_some() {
                 return Err(Error::InvalidInput(
                     "--provider and --fallback choose ONNX Runtime execution providers; they do not apply to --backend llama-cpp".into(),
@@ -380,16 +409,22 @@ pub fn load_spec(
                 (result, _) => result?,
             };
             let ort_opts = lockstep_ort::OrtOptions {
-                library,
                 threads: opts.threads,
                 package: Some(package),
+                kv: spec.kv.unwrap_or(opts.kv_cache),
+                window_cache: !opts.full_kv_cache,
+                ..lockstep_ort::OrtOptions::new(library)
             };
             // `ort` (generic) reports the profile's own id; the named ones their spec.
+            let kv_suffix = spec
+                .kv
+                .map(|kv| format!("{KV_SUFFIX}{kv}"))
+                .unwrap_or_default();
             let id = if ort_kind == BackendKind::Ort && spec.runtime.is_none() {
-                choice.profile.backend_id()
+                format!("{}{kv_suffix}", choice.profile.backend_id())
             } else if ort_kind == BackendKind::Ort {
                 format!(
-                    "{}:{}",
+                    "{}:{}{kv_suffix}",
                     choice.profile.backend_id(),
                     spec.runtime.as_deref().unwrap_or("")
                 )

@@ -23,10 +23,11 @@ pub mod summary;
 
 pub use backends::{
     llama_cpp_gguf, load_backend, load_spec, ort_runtime, BackendKind, BackendSpec, LoadOptions,
+    KV_SUFFIX,
 };
 pub use lockstep_core::{
-    Backend, BackendInfo, Error, HostTime, KernelTime, ModelConfig, Result, Session,
-    SessionOptions, StepProfile, Want,
+    Backend, BackendInfo, Error, HostTime, KernelTime, KvPrecision, MemoryPart, MemoryReport,
+    ModelConfig, Result, Session, SessionMemory, SessionOptions, StepProfile, Want,
 };
 pub use lockstep_generate::{
     CancelToken, Chat, Event, GenerateOptions, Generator, Output, Prompt, SamplingParams, Stats,
@@ -34,6 +35,15 @@ pub use lockstep_generate::{
 };
 pub use models::{resolve_model, synthetic_names, Model};
 pub use summary::Summary;
+
+/// What a session of `context` tokens on `generator`'s backend will allocate, known
+/// before it does (apps show it, or pick a smaller context); `None` when the backend
+/// cannot tell.
+pub fn session_memory(generator: &Generator, context: usize) -> Option<SessionMemory> {
+    generator
+        .backend()
+        .session_memory(&SessionOptions::with_max_tokens(context))
+}
 
 /// README.md's example is compiled as a doc test so it cannot rot.
 #[doc = include_str!("../../../README.md")]

@@ -25,7 +25,7 @@ use super::names;
 use crate::onnx::{
     data_type, Attr, Dim, GraphBuilder, GraphProto, Initializers, ModelProto, OperatorSetIdProto,
 };
-use crate::package::{DATA_FILE, MODEL_FILE};
+use crate::package::DATA_FILE;
 use crate::weights::{ModelWeights, QuantMatrix};
 
 const MS: &str = "com.microsoft";
@@ -463,11 +463,17 @@ pub fn write_model(
     }
 
     let initializers = init.finish()?;
-    let model = model_proto(doc.into(), g.finish("gemma3_text", initializers));
-    lockstep_fetch::cache::atomic_write(
-        dir.join(MODEL_FILE),
-        &prost::Message::encode_to_vec(&model),
-    )
+    let graph = g.finish("gemma3_text", initializers);
+    // One graph file per KV layout and precision, all reading the same data file.
+    for (windowed, kv) in super::kv_graph::VARIANTS {
+        let variant = super::kv_graph::variant(&graph, windowed, kv);
+        let model = model_proto(doc.into(), variant);
+        lockstep_fetch::cache::atomic_write(
+            dir.join(super::kv_graph::graph_file(windowed, kv)),
+            &prost::Message::encode_to_vec(&model),
+        )?;
+    }
+    Ok(())
 }
 
 /// A model around `graph` with lockstep's opsets (ONNX 21, com.microsoft 1) and producer.

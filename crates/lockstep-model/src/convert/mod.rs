@@ -7,6 +7,7 @@
 
 mod graph;
 pub mod graph_coreml;
+pub mod kv_graph;
 pub mod names;
 mod quantize;
 mod synthetic;
