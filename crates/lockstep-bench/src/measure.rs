@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lockstep::{load_spec, Backend, BackendSpec, Error, LoadOptions, Result, SessionOptions, Want};
+use lockstep::{
+    load_spec, Backend, BackendSpec, Error, LoadOptions, Result, SessionOptions, Speculation,
+    Tokenizer, Want,
+};
 use pollster::block_on;
 
 use crate::report::{BackendResult, Status};
@@ -21,6 +24,17 @@ pub struct BenchSpec {
     /// Tokens prefilled before tg starts (llama-bench's tg runs on an almost empty cache).
     pub tg_prompt_tokens: usize,
     pub reps: usize,
+    /// A workload run through the generation loop after pp and tg: each prompt's ids,
+    /// plain and, with `speculation`, speculative.
+    pub workload: Option<WorkloadSpec>,
+}
+
+/// The prompts of a workload and how to run them.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub prompts: Vec<(String, Vec<u32>)>,
+    pub max_new_tokens: usize,
+    pub speculation: Option<Speculation>,
 }
 
 /// Loads `kind` and measures it. Never fails: a backend that cannot load is reported as
@@ -55,7 +69,23 @@ pub fn bench_backend(
         backend.info().device,
         t.elapsed().as_secs_f64()
     ));
-    if let Err(e) = run(backend.as_ref(), spec, &mut result, progress) {
+    let outcome = run(backend.as_ref(), spec, &mut result, progress).and_then(|()| {
+        let Some(w) = &spec.workload else {
+            return Ok(());
+        };
+        let modes = crate::workload::run_workload(
+            backend.clone(),
+            Tokenizer::from_dir(&spec.model_dir)?,
+            &w.prompts,
+            w.max_new_tokens,
+            w.speculation.as_ref(),
+            spec.reps,
+            progress,
+        )?;
+        result.workload = Some(modes);
+        Ok(())
+    });
+    if let Err(e) = outcome {
         progress(&format!("{kind}: failed: {e}"));
         result.status = Status::Failed;
         result.reason = Some(e.to_string());
