@@ -115,7 +115,8 @@ impl BenchReport {
                 .as_ref()
                 .map_or(String::new(), |s| format!("; speculation: {s}"))
         );
-        out += "| backend | mode | decode t/s | tokens/step | acceptance | same tokens as plain |\n";
+        out +=
+            "| backend | mode | decode t/s | tokens/step | acceptance | same tokens as plain |\n";
         out += "|---|---|---:|---:|---:|---:|\n";
         for r in &self.results {
             for m in r.workload.iter().flatten() {

@@ -222,8 +222,7 @@ pub fn run_workload(
                     decode: Stats::new(a.rates.clone()),
                     tokens_per_step: (a.steps > 0)
                         .then(|| (a.generated.saturating_sub(1) * reps) as f64 / a.steps as f64),
-                    acceptance_rate: (a.drafted > 0)
-                        .then(|| a.accepted as f64 / a.drafted as f64),
+                    acceptance_rate: (a.drafted > 0).then(|| a.accepted as f64 / a.drafted as f64),
                     tokens: a.tokens.clone(),
                     same_as_plain: spec.map(|_| a.tokens == plain_tokens[p]),
                 })

@@ -16,7 +16,7 @@ use crate::compare::{compare_free_running, FreeRunning, Outcome};
 use crate::report::describe_divergence;
 use crate::runner::Candidate;
 use crate::suite::Suite;
-use crate::trace::{trace_greedy, Trace, TopK, TRACE_TOP_K};
+use crate::trace::{trace_greedy, TopK, Trace, TRACE_TOP_K};
 
 /// Greedy decoding with speculation: the same picks as [`trace_greedy`](crate::trace_greedy)
 /// (host argmax, lowest id on a tie), each with the candidates of the row that chose it,
@@ -187,8 +187,7 @@ impl SpeculativeReport {
                     result,
                     p.drafted,
                     p.accepted,
-                    p.tokens_per_step
-                        .map_or("-".into(), |t| format!("{t:.2}")),
+                    p.tokens_per_step.map_or("-".into(), |t| format!("{t:.2}")),
                     p.plain_decode_seconds,
                     p.speculative_decode_seconds
                 );
