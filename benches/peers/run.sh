@@ -15,7 +15,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${LOCKSTEP_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/lockstep}"
 venv="$cache/peers-venv"
-model_dir="${PEERS_MODEL_DIR:-$cache/models/gemma3-270m}"
+# Converted models live under models/v<converter version>/; the newest one is ours.
+model_dir="${PEERS_MODEL_DIR:-$(ls -d "$cache"/models/v*/gemma3-270m 2>/dev/null | sort -V | tail -1)}"
 gguf="${PEERS_GGUF:-$cache/sources/gemma3-270m/gemma-3-270m-q4_k_m.gguf}"
 threads="$(nproc)"
 args=()
