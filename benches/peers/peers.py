@@ -79,8 +79,9 @@ def bench_llama(gguf, prompt, tg_prompt, gen, reps, threads):
     import llama_cpp
 
     t = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=gguf, n_ctx=max(len(prompt), len(tg_prompt) + gen) + 16,
-                          n_batch=max(len(prompt), 1), n_ubatch=max(len(prompt), 1),
+    n_ctx = max(len(prompt), len(tg_prompt) + gen) + 16
+    # scores has n_batch rows: as many as the context, so tg can read the last position's.
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - t
 
@@ -213,12 +214,13 @@ def main():
     ap.add_argument("--lookup-num-pred", type=int, default=10,
                     help="LlamaPromptLookupDecoding's num_pred_tokens (its default: 10)")
     ap.add_argument("--skip-genai", action="store_true", help="measure llama.cpp only")
+    ap.add_argument("--reps", type=int, help="repetitions for the peers (default: ours')")
     a = ap.parse_args()
 
     ours = json.load(open(a.ours))
     prompt = ours["prompt_ids"]
     tg_prompt = prompt[: ours["tg_prompt_tokens"]] or prompt[:1]
-    gen, reps, threads = ours["gen_tokens"], ours["reps"], ours["threads"] or os.cpu_count()
+    gen, reps, threads = ours["gen_tokens"], a.reps or ours["reps"], ours["threads"] or os.cpu_count()
     load_start = loadavg()
     peers = []
     if not a.skip_genai:
