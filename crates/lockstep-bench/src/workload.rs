@@ -250,3 +250,36 @@ pub fn run_workload(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grounded_workload_parses_and_is_grounded() {
+        let w = Workload::resolve("grounded").unwrap();
+        assert_eq!(w.name, "grounded");
+        assert_eq!(w.max_new_tokens, 128);
+        let ids: Vec<&str> = w.prompts.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "rewrite",
+                "summarize",
+                "extract",
+                "code-python",
+                "code-rust"
+            ]
+        );
+        // Each prompt holds the passage its continuation draws on.
+        assert!(w.prompts.iter().all(|p| p.text.len() > 400));
+    }
+
+    #[test]
+    fn an_unknown_workload_names_the_file_it_looked_for() {
+        let e = Workload::resolve("no-such-workload")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-workload.toml"), "{e}");
+    }
+}

@@ -225,7 +225,10 @@ fn dirs_cache() -> std::path::PathBuf {
 fn bad_speculation_settings() {
     for (args, needle) in [
         (&["--draft-max", "0"][..], "at least 1 token"),
-        (&["--ngram-min", "3", "--ngram-max", "2"][..], "1 <= min <= max"),
+        (
+            &["--ngram-min", "3", "--ngram-max", "2"][..],
+            "1 <= min <= max",
+        ),
     ] {
         let mut all = vec!["run", "--model", "gemma3-tiny", "--speculate"];
         all.extend_from_slice(args);
@@ -254,12 +257,13 @@ fn run_speculate_reports_acceptance_and_keeps_the_tokens() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let tokens: Vec<u64> = lines
-            .iter()
-            .filter_map(|v| v["token"].as_u64())
-            .collect();
+        let tokens: Vec<u64> = lines.iter().filter_map(|v| v["token"].as_u64()).collect();
         let stats = lines.last().unwrap()["stats"].clone();
-        (tokens, stats, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            tokens,
+            stats,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (plain, plain_stats, _) = run(&[]);
     let (spec, stats, stderr) = run(&["--speculate"]);
@@ -268,6 +272,9 @@ fn run_speculate_reports_acceptance_and_keeps_the_tokens() {
     let drafted = stats["speculation"]["drafted"].as_u64().unwrap();
     let steps = stats["decode_steps"].as_u64().unwrap();
     assert!(drafted > 0, "{stats}");
-    assert!(steps < spec.len() as u64 - 1 || stats["speculation"]["accepted"] == 0, "{stats}");
+    assert!(
+        steps < spec.len() as u64 - 1 || stats["speculation"]["accepted"] == 0,
+        "{stats}"
+    );
     assert!(stderr.contains("drafted tokens accepted"), "{stderr}");
 }
