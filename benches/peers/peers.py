@@ -79,8 +79,9 @@ def bench_llama(gguf, prompt, tg_prompt, gen, reps, threads):
     import llama_cpp
 
     t = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=gguf, n_ctx=max(len(prompt), len(tg_prompt) + gen) + 16,
-                          n_batch=max(len(prompt), 1), n_ubatch=max(len(prompt), 1),
+    n_ctx = max(len(prompt), len(tg_prompt) + gen) + 16
+    # scores has n_batch rows: as many as the context, so tg can read the last position's.
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - t
 
@@ -102,6 +103,80 @@ def bench_llama(gguf, prompt, tg_prompt, gen, reps, threads):
 
     return run_tests("llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")", load_s,
                      pp_once, tg_once, len(prompt), gen, reps)
+
+
+def bench_llama_workload(gguf, workload, reps, threads, max_ngram, num_pred):
+    """The workload's prompt ids through llama-cpp-python's own generation loop, greedy
+    (temp 0, no penalty), plain and with its prompt-lookup speculative decoding
+    (`LlamaPromptLookupDecoding`), the two interleaved prompt by prompt. Decode rate as
+    ours: tokens after the first over the time from the first token to the last."""
+    import llama_cpp
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    prompts, max_new = workload["prompts"], workload["max_new_tokens"]
+    n_ctx = max(len(p["ids"]) for p in prompts) + max_new + 16
+    modes = [("plain", None),
+             (f"prompt lookup (max_ngram_size {max_ngram}, num_pred_tokens {num_pred})",
+              LlamaPromptLookupDecoding(max_ngram_size=max_ngram, num_pred_tokens=num_pred))]
+    llms = []
+    for name, draft in modes:
+        llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                              n_threads=threads, n_threads_batch=threads, verbose=False,
+                              draft_model=draft)
+        # Count model steps: each eval() is one llama_decode of the prompt or a draft.
+        calls = [0]
+        inner = llm.eval
+
+        def counted(tokens, inner=inner, calls=calls):
+            calls[0] += 1
+            return inner(tokens)
+
+        llm.eval = counted
+        llms.append((name, llm, calls))
+
+    def once(llm, calls, ids, n_max):
+        llm.reset()
+        calls[0] = 0
+        eos = llm.token_eos()
+        toks, t_first, t_last = [], None, None
+        for tok in llm.generate(ids, temp=0.0, repeat_penalty=1.0, reset=True):
+            now = time.perf_counter()
+            t_first = t_first or now
+            t_last = now
+            toks.append(int(tok))
+            if tok == eos or len(toks) >= n_max:
+                break
+        return toks, t_last - t_first, calls[0] - 1  # the first eval is the prefill
+
+    for name, llm, calls in llms:
+        log(f"llama.cpp workload {name}: warm-up")
+        once(llm, calls, prompts[0]["ids"], 16)
+    out = {name: {"rates": [], "steps": 0, "gen": 0, "prompts": {}} for name, _, _ in llms}
+    for rep in range(1, reps + 1):
+        tot = {name: [0, 0.0] for name, _, _ in llms}
+        for p in prompts:
+            for name, llm, calls in llms:
+                toks, secs, steps = once(llm, calls, p["ids"], max_new)
+                tot[name][0] += len(toks) - 1
+                tot[name][1] += secs
+                out[name]["steps"] += steps
+                out[name]["gen"] += len(toks) - 1
+                out[name]["prompts"][p["id"]] = toks
+                log(f"llama.cpp {name}: {p['id']} rep {rep}/{reps}: {len(toks)} tokens, "
+                    f"{(len(toks) - 1) / secs:.1f} tok/s, {steps} steps")
+        for name in tot:
+            out[name]["rates"].append(tot[name][0] / tot[name][1])
+    plain = out[modes[0][0]]["prompts"]
+    result = []
+    for name, _, _ in llms:
+        o = out[name]
+        same = sum(o["prompts"][p["id"]] == plain[p["id"]] for p in prompts)
+        result.append({"peer": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
+                       "mode": name, "status": "ok", "decode": stats(o["rates"]),
+                       "tokens_per_step": o["gen"] / o["steps"] if o["steps"] else None,
+                       "same_as_plain": f"{same}/{len(prompts)}",
+                       "tokens": o["prompts"]})
+    return result
 
 
 def run_tests(name, load_s, pp_once, tg_once, n_prompt, gen, reps):
@@ -134,17 +209,29 @@ def main():
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--out", help="write the combined JSON here")
+    ap.add_argument("--lookup-max-ngram", type=int, default=2,
+                    help="LlamaPromptLookupDecoding's max_ngram_size (its default: 2)")
+    ap.add_argument("--lookup-num-pred", type=int, default=10,
+                    help="LlamaPromptLookupDecoding's num_pred_tokens (its default: 10)")
+    ap.add_argument("--skip-genai", action="store_true", help="measure llama.cpp only")
+    ap.add_argument("--reps", type=int, help="repetitions for the peers (default: ours')")
     a = ap.parse_args()
 
     ours = json.load(open(a.ours))
     prompt = ours["prompt_ids"]
     tg_prompt = prompt[: ours["tg_prompt_tokens"]] or prompt[:1]
-    gen, reps, threads = ours["gen_tokens"], ours["reps"], ours["threads"] or os.cpu_count()
+    gen, reps, threads = ours["gen_tokens"], a.reps or ours["reps"], ours["threads"] or os.cpu_count()
     load_start = loadavg()
-    peers = [
-        guarded("onnxruntime-genai", bench_genai, a.model_dir, prompt, tg_prompt, gen, reps, threads),
-        guarded("llama.cpp", bench_llama, a.gguf, prompt, tg_prompt, gen, reps, threads),
-    ]
+    peers = []
+    if not a.skip_genai:
+        peers.append(guarded("onnxruntime-genai", bench_genai, a.model_dir, prompt, tg_prompt,
+                             gen, reps, threads))
+    peers.append(guarded("llama.cpp", bench_llama, a.gguf, prompt, tg_prompt, gen, reps, threads))
+    workload_peers = []
+    if ours.get("workload"):
+        w = guarded("llama.cpp workload", bench_llama_workload, a.gguf, ours["workload"], reps,
+                    threads, a.lookup_max_ngram, a.lookup_num_pred)
+        workload_peers = w if isinstance(w, list) else [w]
     load_end = loadavg()
 
     pp_name, tg_name = f"pp{len(prompt)}", f"tg{gen}"
@@ -173,13 +260,44 @@ def main():
             ratios.append(ratio)
             print(f"\n{r['backend']} / {p['peer']}: prefill ({pp_name}) x{ratio.get('pp', float('nan')):.2f}, "
                   f"decode ({tg_name}) x{ratio.get('tg', float('nan')):.2f}  (>1: lockstep faster)", end="")
+    if ours.get("workload"):
+        w = ours["workload"]
+        print(f"\n\nworkload {w['name']}: {len(w['prompts'])} prompts, up to {w['max_new_tokens']} "
+              f"new tokens each, greedy; decode tok/s of the whole workload, mean ± sd over {reps} reps\n")
+        print("| engine | mode | decode t/s | tokens/step | same tokens as plain |")
+        print("|---|---|---:|---:|---:|")
+        rows = []
+        for r in ours["results"]:
+            for m in r.get("workload") or []:
+                same = [p.get("same_as_plain") for p in m["prompts"] if "same_as_plain" in p]
+                rows.append((r["backend"] + " (lockstep)", m["mode"], m["decode"],
+                             m.get("tokens_per_step"),
+                             f"{sum(same)}/{len(same)}" if same else "-"))
+        for p in workload_peers:
+            if p["status"] == "ok":
+                rows.append((p["peer"], p["mode"], p["decode"], p.get("tokens_per_step"),
+                             p["same_as_plain"] if p["mode"] != "plain" else "-"))
+            else:
+                print(f"| llama.cpp | failed: {p['reason']} | | | |")
+        for eng, mode, d, tps, same in rows:
+            tps = f"{tps:.2f}" if tps else "-"
+            print(f"| {eng} | {mode} | {d['mean']:.1f} ± {d['sd']:.1f} | {tps} | {same} |")
+        peer = {p["mode"]: p for p in workload_peers if p["status"] == "ok"}
+        for r in ours["results"]:
+            for m in r.get("workload") or []:
+                for pmode, p in peer.items():
+                    ratio = m["decode"]["mean"] / p["decode"]["mean"]
+                    ratios.append({"ours": f"{r['backend']} {m['mode']}", "peer": f"llama.cpp {pmode}",
+                                   "workload": ratio})
+                    print(f"\n{r['backend']} {m['mode']} / llama.cpp {pmode}: x{ratio:.2f}", end="")
     m = ours["machine"]
     print(f"\n\nthreads {threads}, {reps} reps, {m['cpu']} ({m['logical_cpus']} logical CPUs); load avg: "
           f"lockstep run {m['load_avg_start'][0]:.2f} -> {m['load_avg_end'][0]:.2f}, "
           f"peers {load_start:.2f} -> {load_end:.2f}")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"ours": ours, "peers": peers, "ratios": ratios,
+            json.dump({"ours": ours, "peers": peers, "workload_peers": workload_peers,
+                       "ratios": ratios,
                        "peer_load_avg": [load_start, load_end]}, f, indent=1)
         log(f"combined results written to {a.out}")
 

@@ -3,6 +3,9 @@
 # threads, one run, our/peer ratios printed at the end.
 #
 #   benches/peers/run.sh [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--reps 5]
+#   benches/peers/run.sh --threads 2 --workload grounded --speculate   # + the grounded workload:
+#       ours plain and speculative, llama.cpp plain and with its prompt lookup, same prompt ids
+#   PEERS_PY_ARGS="--skip-genai --lookup-num-pred 10" passes options to peers.py.
 #
 # Peers live in a virtual environment in the cache (outside the repo), CPU wheels from PyPI:
 # onnxruntime-genai ships manylinux wheels; llama-cpp-python is an sdist, built once with
@@ -12,7 +15,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${LOCKSTEP_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/lockstep}"
 venv="$cache/peers-venv"
-model_dir="${PEERS_MODEL_DIR:-$cache/models/gemma3-270m}"
+# Converted models live under models/v<converter version>/; the newest one is ours.
+model_dir="${PEERS_MODEL_DIR:-$(ls -d "$cache"/models/v*/gemma3-270m 2>/dev/null | sort -V | tail -1)}"
 gguf="${PEERS_GGUF:-$cache/sources/gemma3-270m/gemma-3-270m-q4_k_m.gguf}"
 threads="$(nproc)"
 args=()
@@ -29,7 +33,7 @@ if ! "$venv/bin/python" -c 'import onnxruntime_genai, llama_cpp, numpy' 2>/dev/n
   "$venv/bin/pip" install -q --upgrade pip
   # CPU only; the llama.cpp build uses every core and the cmake/ninja wheels from PyPI.
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$venv/bin/pip" install -q \
-    onnxruntime-genai llama-cpp-python numpy
+    onnxruntime-genai==0.18.0 llama-cpp-python==0.3.36 numpy
 fi
 
 # Ours: LOCKSTEP_BENCH_CMD if set (e.g. "target/release/lockstep bench"), else `lockstep bench`
@@ -50,4 +54,4 @@ echo "peers: ${ours[*]} --backends ort-cpu --model $model_dir --threads $threads
 "${ours[@]}" --backends ort-cpu --model "$model_dir" --threads "$threads" --json \
   --svg "$out/lockstep.svg" "${args[@]}" > "$out/lockstep.json"
 "$venv/bin/python" "$repo/benches/peers/peers.py" --ours "$out/lockstep.json" \
-  --model-dir "$model_dir" --gguf "$gguf" --out "$out/last.json"
+  --model-dir "$model_dir" --gguf "$gguf" --out "$out/last.json" ${PEERS_PY_ARGS:-}

@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use lockstep::{resolve_model, BackendSpec, LoadOptions, Result};
+use lockstep::{resolve_model, BackendSpec, LoadOptions, Result, Speculation, Tokenizer};
 
+use crate::measure::WorkloadSpec;
+use crate::workload::{Workload, WorkloadInfo, WorkloadPromptIds};
 use crate::{bench_backend, chart, prompt_ids, BenchReport, BenchSpec, Machine};
 
 /// Measure prefill and generation speed of each backend (llama-bench style).
@@ -58,6 +60,24 @@ pub struct BenchArgs {
     /// reading the profile, not for comparing backends.
     #[arg(long)]
     pub profile: bool,
+    /// Also run a workload through the generation loop (greedy, each prompt's own text):
+    /// a name under benches/workloads (e.g. grounded) or a workload .toml file.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Run the workload plain and with speculative decoding by prompt lookup, side by
+    /// side (tok/s, tokens per step, acceptance, and whether the tokens equal plain
+    /// decoding's); without --workload it runs the grounded workload.
+    #[arg(long)]
+    pub speculate: bool,
+    /// Most draft tokens verified per step.
+    #[arg(long, default_value_t = 8)]
+    pub draft_max: usize,
+    /// Shortest n-gram looked up for a draft.
+    #[arg(long, default_value_t = 1)]
+    pub ngram_min: usize,
+    /// Longest n-gram looked up for a draft.
+    #[arg(long, default_value_t = 3)]
+    pub ngram_max: usize,
 }
 
 impl Default for BenchArgs {
@@ -92,10 +112,33 @@ pub fn measure(args: &BenchArgs) -> Result<BenchReport> {
         .iter()
         .map(|b| b.trim().parse::<BackendSpec>())
         .collect::<Result<Vec<_>>>()?;
+    let speculation = if args.speculate {
+        let s = Speculation::default()
+            .max_draft(args.draft_max)
+            .ngram(args.ngram_min, args.ngram_max);
+        s.validate()?;
+        Some(s)
+    } else {
+        None
+    };
+    let workload = match (&args.workload, args.speculate) {
+        (Some(w), _) => Some(Workload::resolve(w)?),
+        (None, true) => Some(Workload::resolve("grounded")?),
+        (None, false) => None,
+    };
     let mut machine = Machine::current();
     let progress = |msg: &str| eprintln!("lockstep bench: {msg}");
     progress(&format!("resolving model {}", args.model));
     let model_dir = resolve_model(&args.model, true)?;
+    let workload = match workload {
+        Some(w) => Some(WorkloadSpec {
+            prompts: w.encode(&Tokenizer::from_dir(&model_dir)?)?,
+            max_new_tokens: w.max_new_tokens,
+            speculation: speculation.clone(),
+        })
+        .map(|s| (w.name, s)),
+        None => None,
+    };
     let spec = BenchSpec {
         model_dir: model_dir.clone(),
         load: LoadOptions {
@@ -113,6 +156,7 @@ pub fn measure(args: &BenchArgs) -> Result<BenchReport> {
         tg_prompt_tokens: args.tg_prompt_tokens,
         reps: args.reps.max(1),
         context: args.context,
+        workload: workload.as_ref().map(|(_, s)| s.clone()),
     };
     // One backend at a time, each dropped before the next loads, so that they neither
     // compete for cores nor share a peak-memory figure.
@@ -132,6 +176,21 @@ pub fn measure(args: &BenchArgs) -> Result<BenchReport> {
         reps: spec.reps,
         machine,
         prompt_ids: prompt_ids(spec.prompt_tokens, bos),
+        workload: workload.map(|(name, s)| WorkloadInfo {
+            name,
+            max_new_tokens: s.max_new_tokens,
+            prompts: s
+                .prompts
+                .into_iter()
+                .map(|(id, ids)| WorkloadPromptIds { id, ids })
+                .collect(),
+            speculation: s.speculation.map(|_| {
+                format!(
+                    "prompt lookup over {}- to {}-grams, drafts of up to {} tokens, adaptive",
+                    args.ngram_min, args.ngram_max, args.draft_max
+                )
+            }),
+        }),
         results,
     };
     if let Some(path) = &args.svg {

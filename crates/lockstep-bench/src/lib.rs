@@ -11,6 +11,7 @@ mod mem;
 mod report;
 mod stats;
 mod svg;
+pub mod workload;
 
 pub use measure::{bench_backend, BenchSpec};
 pub use report::{BackendResult, BenchReport, Machine};

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lockstep::{load_spec, Backend, BackendSpec, Error, LoadOptions, Result, SessionOptions, Want};
+use lockstep::{
+    load_spec, Backend, BackendSpec, Error, LoadOptions, Result, SessionOptions, Speculation,
+    Tokenizer, Want,
+};
 use pollster::block_on;
 
 use crate::report::{BackendResult, BenchProfile, Status};
@@ -26,6 +29,9 @@ pub struct BenchSpec {
     /// The KV budget of every session; `None`: just what each test needs. Memory by
     /// context length is measured with it (a session allocates its budget up front).
     pub context: Option<usize>,
+    /// A workload run through the generation loop after pp and tg: each prompt's ids,
+    /// plain and, with `speculation`, speculative.
+    pub workload: Option<WorkloadSpec>,
 }
 
 impl BenchSpec {
@@ -51,6 +57,14 @@ fn sample_device(backend: &dyn Backend, out: &mut BackendResult) {
     if host > 0 {
         out.kv_host_bytes = Some(out.kv_host_bytes.map_or(host, |p: u64| p.max(host)));
     }
+}
+
+/// The prompts of a workload and how to run them.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub prompts: Vec<(String, Vec<u32>)>,
+    pub max_new_tokens: usize,
+    pub speculation: Option<Speculation>,
 }
 
 /// Loads `kind` and measures it. Never fails: a backend that cannot load is reported as
@@ -85,7 +99,23 @@ pub fn bench_backend(
         backend.info().device,
         t.elapsed().as_secs_f64()
     ));
-    if let Err(e) = run(backend.as_ref(), spec, &mut result, progress) {
+    let outcome = run(backend.as_ref(), spec, &mut result, progress).and_then(|()| {
+        let Some(w) = &spec.workload else {
+            return Ok(());
+        };
+        let modes = crate::workload::run_workload(
+            backend.clone(),
+            Tokenizer::from_dir(&spec.model_dir)?,
+            &w.prompts,
+            w.max_new_tokens,
+            w.speculation.as_ref(),
+            spec.reps,
+            progress,
+        )?;
+        result.workload = Some(modes);
+        Ok(())
+    });
+    if let Err(e) = outcome {
         progress(&format!("{kind}: failed: {e}"));
         result.status = Status::Failed;
         result.reason = Some(e.to_string());

@@ -3,6 +3,7 @@
 use lockstep::{BackendInfo, StepProfile};
 use serde::{Deserialize, Serialize};
 
+use crate::workload::{ModeResult, WorkloadInfo};
 use crate::{mem, Stats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ pub struct BackendResult {
     pub peak_rss_bytes: Option<u64>,
     /// Peak RSS minus the RSS before loading: this backend's own footprint.
     pub rss_delta_bytes: Option<u64>,
+    /// The workload's modes (plain, speculative), when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Vec<ModeResult>>,
     /// Device (GPU) buffers the backend had allocated with one session alive (weights,
     /// KV cache, working buffers), as it reports them; `None` for host-only backends.
     #[serde(default)]
@@ -71,6 +75,7 @@ impl BackendResult {
             device_bytes: None,
             kv_host_bytes: None,
             session_memory: None,
+            workload: None,
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct BenchReport {
     pub machine: Machine,
     /// The exact prompt ids every backend ran (peers are fed the same ones).
     pub prompt_ids: Vec<u32>,
+    /// The workload every backend ran (and peers run), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadInfo>,
     pub results: Vec<BackendResult>,
 }
 
@@ -121,6 +129,46 @@ fn mib(b: Option<u64>) -> String {
 }
 
 impl BenchReport {
+    /// The workload's table: one row per backend and mode.
+    fn workload_table(&self, w: &WorkloadInfo) -> String {
+        let mut out = format!(
+            "\nworkload {} ({} prompts, up to {} new tokens each, greedy){}\n\n",
+            w.name,
+            w.prompts.len(),
+            w.max_new_tokens,
+            w.speculation
+                .as_ref()
+                .map_or(String::new(), |s| format!("; speculation: {s}"))
+        );
+        out +=
+            "| backend | mode | decode t/s | tokens/step | acceptance | same tokens as plain |\n";
+        out += "|---|---|---:|---:|---:|---:|\n";
+        for r in &self.results {
+            for m in r.workload.iter().flatten() {
+                let same = m
+                    .prompts
+                    .iter()
+                    .filter_map(|p| p.same_as_plain)
+                    .collect::<Vec<_>>();
+                out += &format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    r.backend,
+                    m.mode,
+                    m.decode.show(1),
+                    m.tokens_per_step.map_or("-".into(), |t| format!("{t:.2}")),
+                    m.acceptance_rate
+                        .map_or("-".into(), |a| format!("{:.0}%", a * 100.0)),
+                    if same.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{}/{}", same.iter().filter(|&&s| s).count(), same.len())
+                    }
+                );
+            }
+        }
+        out
+    }
+
     /// A Markdown table, one row per backend, as llama-bench prints one per test.
     pub fn table(&self) -> String {
         let pp = format!("pp{} t/s", self.prompt_tokens);
@@ -214,6 +262,9 @@ impl BenchReport {
                 r.backend,
                 r.reason.as_deref().unwrap_or("?")
             );
+        }
+        if let Some(w) = &self.workload {
+            out += &self.workload_table(w);
         }
         let m = &self.machine;
         let load = |l: Option<[f64; 3]>| l.map_or("?".into(), |l| format!("{:.2}", l[0]));

@@ -55,6 +55,12 @@ pub struct ConformArgs {
     /// Also write the report as JUnit XML to FILE, for CI systems to display.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// With --speculate: instead of comparing backends, run every prompt on every backend
+    /// twice, plain and with speculative decoding, and require identical greedy tokens
+    /// (a difference from a many-position step's numerics is reported as a near-tie with
+    /// its margins when the suite's near-tie rule holds, and fails otherwise).
+    #[command(flatten)]
+    pub speculation: crate::generate_args::SpeculationArgs,
 }
 
 fn open(name: &str, threads: Option<usize>) -> Result<Model> {
@@ -102,6 +108,27 @@ pub fn conform(args: ConformArgs) -> Result<ExitCode> {
     let name = args.model.clone().unwrap_or_else(|| "gemma3-270m".into());
     let model = open(&name, args.threads)?;
     let golden = conformance::golden_name(&name, &model);
+    if let Some(spec) = args.speculation.speculation()? {
+        if args.junit.is_some() {
+            return Err(Error::InvalidInput(
+                "--junit is for the backend comparison; --speculate prints Markdown or --json"
+                    .into(),
+            ));
+        }
+        let report =
+            conformance::run_speculative(&model, &golden, &suite, &args.backends, &spec, true)?;
+        if args.json {
+            println!("{}", report.to_json());
+        } else {
+            println!("{}", report.to_markdown());
+        }
+        let failed = !report.passed() || (args.strict && !report.unavailable().is_empty());
+        return Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
     let opts = conformance::RunOptions {
         conformance_dir: Some(dir),
         progress: true,

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use clap::builder::ArgPredicate;
 use clap::Args;
-use lockstep::{GenerateOptions, LoadOptions, Model, SamplingParams};
+use lockstep::{GenerateOptions, LoadOptions, Model, SamplingParams, Speculation};
 use lockstep_core::Result;
 
 #[derive(Args, Debug, Clone)]
@@ -110,6 +110,46 @@ pub struct SamplingArgs {
     /// Stop when this text appears (not printed); repeat for several.
     #[arg(long)]
     pub stop: Vec<String>,
+    #[command(flatten)]
+    pub speculation: SpeculationArgs,
+}
+
+/// Speculative decoding by prompt lookup, shared by run, chat and bench.
+#[derive(Args, Debug, Clone)]
+pub struct SpeculationArgs {
+    /// Speculative decoding by prompt lookup: draft the tokens that followed the last few
+    /// tokens earlier in the prompt or the output, verify the draft in one model step,
+    /// keep what the model itself picks. Same rule as plain decoding (greedy: the argmax;
+    /// sampling: the same distribution and, for a seed, the same tokens), so the output
+    /// changes only where a step over several positions computes logits that differ in
+    /// the last bits and a near-tie flips. Off by default for that reason: measured on
+    /// the conformance suite (`lockstep conform --speculate`), see BENCHMARKS.md.
+    /// Pays off when the output copies its input (rewrite, extract, edit code).
+    #[arg(long)]
+    pub speculate: bool,
+    /// Most draft tokens verified per step (the draft length adapts between 1 and this).
+    #[arg(long, default_value_t = 8, requires = "speculate")]
+    pub draft_max: usize,
+    /// Shortest n-gram looked up for a draft.
+    #[arg(long, default_value_t = 1, requires = "speculate")]
+    pub ngram_min: usize,
+    /// Longest n-gram looked up for a draft (longer matches are tried first).
+    #[arg(long, default_value_t = 3, requires = "speculate")]
+    pub ngram_max: usize,
+}
+
+impl SpeculationArgs {
+    /// `None` unless --speculate; checked, so that bad values fail before a model loads.
+    pub fn speculation(&self) -> Result<Option<Speculation>> {
+        if !self.speculate {
+            return Ok(None);
+        }
+        let s = Speculation::default()
+            .max_draft(self.draft_max)
+            .ngram(self.ngram_min, self.ngram_max);
+        s.validate()?;
+        Ok(Some(s))
+    }
 }
 
 impl SamplingArgs {
@@ -129,6 +169,7 @@ impl SamplingArgs {
         for s in &self.stop {
             opts = opts.stop(s.clone());
         }
+        opts.speculation = self.speculation.speculation()?;
         opts.validate()?;
         Ok(opts)
     }

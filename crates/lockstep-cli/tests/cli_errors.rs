@@ -287,3 +287,61 @@ fn dirs_cache() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache"))
 }
+
+#[test]
+fn bad_speculation_settings() {
+    for (args, needle) in [
+        (&["--draft-max", "0"][..], "at least 1 token"),
+        (
+            &["--ngram-min", "3", "--ngram-max", "2"][..],
+            "1 <= min <= max",
+        ),
+    ] {
+        let mut all = vec!["run", "--model", "gemma3-tiny", "--speculate"];
+        all.extend_from_slice(args);
+        all.push("Hello");
+        let line = one_error_line(&lockstep(&all, &[]));
+        assert!(line.contains(needle), "{line}");
+    }
+}
+
+/// `run --speculate --json` on the tiny model: the same tokens as plain greedy, and the
+/// stats line says what speculation did.
+#[test]
+fn run_speculate_reports_acceptance_and_keeps_the_tokens() {
+    let prompt = "one two three four one two three four one two three four one two";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--model", "gemma3-tiny", "-n", "24", "--json"];
+        args.extend_from_slice(extra);
+        args.push(prompt);
+        let out = lockstep(&args, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let tokens: Vec<u64> = lines.iter().filter_map(|v| v["token"].as_u64()).collect();
+        let stats = lines.last().unwrap()["stats"].clone();
+        (
+            tokens,
+            stats,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (plain, plain_stats, _) = run(&[]);
+    let (spec, stats, stderr) = run(&["--speculate"]);
+    assert_eq!(spec, plain);
+    assert!(plain_stats["speculation"].is_null());
+    let drafted = stats["speculation"]["drafted"].as_u64().unwrap();
+    let steps = stats["decode_steps"].as_u64().unwrap();
+    assert!(drafted > 0, "{stats}");
+    assert!(
+        steps < spec.len() as u64 - 1 || stats["speculation"]["accepted"] == 0,
+        "{stats}"
+    );
+    assert!(stderr.contains("drafted tokens accepted"), "{stderr}");
+}

@@ -30,6 +30,7 @@ pub mod fault;
 mod golden;
 mod report;
 mod runner;
+mod speculative;
 mod suite;
 mod trace;
 
@@ -45,6 +46,10 @@ pub use report::{
     PromptReport, Report, TeacherTotals,
 };
 pub use runner::{bless_model, run_model, Candidate, GoldenInput, RunOptions, Runner};
+pub use speculative::{
+    run_speculative, trace_speculative_async, SpeculativeBackend, SpeculativePrompt,
+    SpeculativeReport,
+};
 pub use suite::{EncodedPrompt, Generated, PromptSpec, Suite, Tolerance, Tolerances};
 pub use trace::{trace_greedy, trace_greedy_async, TopK, Trace, TRACE_TOP_K};
 

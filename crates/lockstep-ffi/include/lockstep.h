@@ -249,6 +249,15 @@ LockstepStatus lockstep_options_set_seed(LockstepOptions *options, uint64_t valu
 // `options` is live options used by no other call now.
 LockstepStatus lockstep_options_set_top_k(LockstepOptions *options, size_t k);
 
+// Speculative decoding by prompt lookup with drafts of up to `max_draft` tokens (the
+// length adapts); 0 (the default) turns it off. Greedy output equals plain decoding's up
+// to near-ties that a many-position step's numerics can flip; sampling keeps its
+// distribution. Checked when a generation starts.
+//
+// # Safety
+// `options` is live options used by no other call now.
+LockstepStatus lockstep_options_set_speculation(LockstepOptions *options, size_t max_draft);
+
 // Adds a stop string: generation ends when it appears; it is not part of the text.
 //
 // # Safety

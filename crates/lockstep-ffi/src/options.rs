@@ -166,6 +166,25 @@ pub unsafe extern "C" fn lockstep_options_set_top_k(
     })
 }
 
+/// Speculative decoding by prompt lookup with drafts of up to `max_draft` tokens (the
+/// length adapts); 0 (the default) turns it off. Greedy output equals plain decoding's up
+/// to near-ties that a many-position step's numerics can flip; sampling keeps its
+/// distribution. Checked when a generation starts.
+///
+/// # Safety
+/// `options` is live options used by no other call now.
+#[no_mangle]
+pub unsafe extern "C" fn lockstep_options_set_speculation(
+    options: *mut LockstepOptions,
+    max_draft: usize,
+) -> LockstepStatus {
+    edit(options, |o| {
+        o.options.speculation =
+            (max_draft > 0).then(|| lockstep::Speculation::default().max_draft(max_draft));
+        Ok(())
+    })
+}
+
 /// Adds a stop string: generation ends when it appears; it is not part of the text.
 ///
 /// # Safety

@@ -1,5 +1,6 @@
 //! The generation loop: prompt in, a stream of token events out.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use lockstep_core::{Backend, Error, ModelConfig, Result, Session, SessionOptions
 
 use crate::detok::Detokenizer;
 use crate::sampling::{Sampler, SamplingParams, TokenSet};
+use crate::speculate::{Speculation, SpeculationStats, Speculator};
 use crate::stop::StopMatcher;
 use crate::{Chat, Tokenizer};
 
@@ -79,16 +81,21 @@ pub struct GenerateOptions {
     /// Text that ends generation; it is never emitted, nor is anything after it.
     pub stop: Vec<String>,
     pub cancel: Option<CancelToken>,
+    /// Speculative decoding: draft tokens, verify them in one step. `None` (the default)
+    /// decodes one token per step. Either way the tokens follow the same rule; only the
+    /// numerics of a many-position step can differ (see [`Speculation`]).
+    pub speculation: Option<Speculation>,
 }
 
 impl Default for GenerateOptions {
-    /// 256 new tokens, greedy, no stop strings.
+    /// 256 new tokens, greedy, no stop strings, no speculation.
     fn default() -> Self {
         Self {
             max_new_tokens: 256,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             cancel: None,
+            speculation: None,
         }
     }
 }
@@ -138,6 +145,11 @@ impl GenerateOptions {
         self.cancel = Some(c);
         self
     }
+    /// Turns speculative decoding on with these settings.
+    pub fn speculate(mut self, s: Speculation) -> Self {
+        self.speculation = Some(s);
+        self
+    }
 
     pub fn validate(&self) -> Result<()> {
         if self.max_new_tokens == 0 {
@@ -149,6 +161,9 @@ impl GenerateOptions {
             return Err(Error::InvalidInput(
                 "a stop string must not be empty".into(),
             ));
+        }
+        if let Some(s) = &self.speculation {
+            s.validate()?;
         }
         self.sampling.validate()
     }
@@ -180,6 +195,10 @@ pub struct Stats {
     pub prefill_time: Duration,
     /// Every later step.
     pub decode_time: Duration,
+    /// Model steps after the prefill step (one per token without speculation).
+    pub decode_steps: usize,
+    /// Drafts and acceptance, when speculation was on.
+    pub speculation: Option<SpeculationStats>,
     pub stop: StopReason,
 }
 
@@ -190,6 +209,11 @@ impl Stats {
     /// Tokens after the first, per second of decode steps.
     pub fn decode_tokens_per_second(&self) -> Option<f64> {
         rate(self.generated_tokens.saturating_sub(1), self.decode_time)
+    }
+    /// Tokens after the first per decode step: 1 without speculation.
+    pub fn tokens_per_step(&self) -> Option<f64> {
+        (self.decode_steps > 0)
+            .then(|| self.generated_tokens.saturating_sub(1) as f64 / self.decode_steps as f64)
     }
 }
 
@@ -359,6 +383,13 @@ impl Generator {
         let sp = &opts.sampling;
         // A penalty changes the argmax, so it needs the logits on the host.
         let device_greedy = sp.is_greedy() && sp.repetition_penalty == 1.0;
+        let speculator = opts.speculation.as_ref().map(Speculator::new).transpose()?;
+        // The drafter looks things up in everything the session holds, when known.
+        let history = if speculator.is_some() {
+            [context, &prompt].concat()
+        } else {
+            Vec::new()
+        };
         Ok(Run {
             session,
             tokenizer: self.tokenizer.clone(),
@@ -374,12 +405,16 @@ impl Generator {
             prompt_len: prompt.len(),
             feed: prompt,
             generated: 0,
-            queued: None,
+            queue: VecDeque::new(),
+            emitted_len: None,
             finished: false,
             started: None,
             ttft: Duration::ZERO,
             prefill_time: Duration::ZERO,
             decode_time: Duration::ZERO,
+            decode_steps: 0,
+            speculator,
+            history,
         })
     }
 }
@@ -420,16 +455,39 @@ pub(crate) struct Run<'s> {
     max_new: usize,
     cancel: Option<CancelToken>,
     prompt_len: usize,
-    /// What the next model step feeds: the prompt, then each sampled token.
+    /// What the next model step feeds: the prompt, then each step's last picked token.
     feed: Vec<u32>,
     generated: usize,
-    /// `Done`, after the last token's event.
-    queued: Option<Event>,
+    /// Events a step produced beyond the one it returned (a speculative step picks
+    /// several tokens; `Done` follows the last token), each with the session length that
+    /// is consistent once it has been delivered.
+    queue: VecDeque<(Event, usize)>,
+    /// The session length consistent with the events delivered so far, while the
+    /// session holds tokens of events still queued.
+    emitted_len: Option<usize>,
     finished: bool,
     started: Option<Instant>,
     ttft: Duration,
     prefill_time: Duration,
     decode_time: Duration,
+    decode_steps: usize,
+    speculator: Option<Speculator>,
+    /// Every token the session holds or will hold, when speculating: the drafter's input.
+    history: Vec<u32>,
+}
+
+impl Drop for Run<'_> {
+    /// A stream dropped with tokens still queued: the session forgets the tokens whose
+    /// events were never delivered, so that it holds what was fed for the delivered ones.
+    fn drop(&mut self) {
+        if let Some(len) = self.emitted_len {
+            if self.session.len() > len {
+                // Nothing to report an error to; a backend that cannot truncate has
+                // already failed a step.
+                let _ = self.session.truncate(len);
+            }
+        }
+    }
 }
 
 impl<'s> Run<'s> {
@@ -444,7 +502,12 @@ impl<'s> Run<'s> {
     }
 
     async fn next_event(&mut self) -> Option<Result<Event>> {
-        if let Some(ev) = self.queued.take() {
+        if let Some((ev, len)) = self.queue.pop_front() {
+            let more_tokens = self
+                .queue
+                .iter()
+                .any(|(e, _)| matches!(e, Event::Token { .. }));
+            self.emitted_len = more_tokens.then_some(len);
             return Some(Ok(ev));
         }
         if self.finished {
@@ -460,17 +523,68 @@ impl<'s> Run<'s> {
         let result = self.step(t0, started).await;
         if result.is_err() {
             self.finished = true;
+            self.queue.clear();
         }
         Some(result)
     }
 
     async fn step(&mut self, t0: Instant, started: Instant) -> Result<Event> {
         let feed = std::mem::take(&mut self.feed);
-        let id = self.next_token(&feed).await?;
-        self.generated += 1;
-        self.seen.insert(id);
-        let is_first = self.generated == 1;
+        let is_first = self.generated == 0;
+        let ids = self.next_tokens(&feed, is_first).await?;
+        // The session holds the step's feed up to the last pick (not fed yet); token `e`
+        // of `n` is consistent with `n - 1 - e` fewer positions.
+        let full = self.session.len();
+        let n = ids.len();
+        let mut events = Vec::with_capacity(n + 1);
+        let mut reason = None;
+        for (e, &id) in ids.iter().enumerate() {
+            let consistent = full - (n - 1 - e);
+            let (ev, r) = self.emit(id)?;
+            events.push((ev, consistent));
+            if r.is_some() {
+                if consistent < full {
+                    // Picks after the end were never emitted: forget them.
+                    self.session.truncate(consistent)?;
+                }
+                reason = r;
+                break;
+            }
+        }
+        if reason.is_none() {
+            self.feed = vec![ids[n - 1]];
+        }
 
+        let dt = t0.elapsed();
+        if is_first {
+            self.prefill_time = dt;
+            self.ttft = started.elapsed();
+        } else {
+            self.decode_time += dt;
+            self.decode_steps += 1;
+        }
+        if let Some(r) = reason {
+            self.finished = true;
+            let len = self.session.len();
+            events.push((Event::Done(self.stats(r)), len));
+        }
+        let mut events = events.into_iter();
+        let (first, len) = events.next().expect("a step picks at least one token");
+        self.queue.extend(events);
+        let more_tokens = self
+            .queue
+            .iter()
+            .any(|(e, _)| matches!(e, Event::Token { .. }));
+        self.emitted_len = more_tokens.then_some(len);
+        Ok(first)
+    }
+
+    /// One picked token through EOS, detokenizing, stop strings and the token limit.
+    fn emit(&mut self, id: u32) -> Result<(Event, Option<StopReason>)> {
+        self.generated += 1;
+        if self.speculator.is_some() {
+            self.history.push(id);
+        }
         let (mut text, mut reason) = (String::new(), None);
         if self.eos.contains(&id) {
             reason = Some(StopReason::Eos(id));
@@ -495,22 +609,48 @@ impl<'s> Run<'s> {
                     None => text += &self.stop.finish(),
                 }
             }
-        } else {
-            self.feed = vec![id];
         }
+        Ok((Event::Token { id, text }, reason))
+    }
 
-        let dt = t0.elapsed();
-        if is_first {
-            self.prefill_time = dt;
-            self.ttft = started.elapsed();
-        } else {
-            self.decode_time += dt;
+    /// One model step and its picks: one token, or with speculation the accepted draft
+    /// tokens and the target's next one. Every pick is added to `seen`.
+    async fn next_tokens(&mut self, feed: &[u32], is_first: bool) -> Result<Vec<u32>> {
+        if let (Some(spec), false) = (self.speculator.as_mut(), is_first) {
+            // Never pick past the token limit, nor feed past the KV budget.
+            let remaining = self.max_new - self.generated;
+            let room = self
+                .session
+                .max_tokens()
+                .saturating_sub(self.session.len() + feed.len());
+            let limit = (remaining - 1).min(room);
+            let draft = if limit > 0 {
+                spec.draft(&self.history, limit)
+            } else {
+                Vec::new()
+            };
+            if !draft.is_empty() {
+                let (sampler, seen, vocab) = (&mut self.sampler, &mut self.seen, self.vocab);
+                return spec
+                    .verify(&mut *self.session, feed[0], &draft, |row| {
+                        if row.len() != vocab {
+                            return Err(Error::Runtime(format!(
+                                "the backend returned rows of {} logits, the model's vocabulary has {vocab}",
+                                row.len()
+                            )));
+                        }
+                        // The penalty sees every token before this position, the draft
+                        // tokens accepted in this step included.
+                        let id = sampler.sample(row, seen)?;
+                        seen.insert(id);
+                        Ok(id)
+                    })
+                    .await;
+            }
         }
-        if let Some(r) = reason {
-            self.finished = true;
-            self.queued = Some(Event::Done(self.stats(r)));
-        }
-        Ok(Event::Token { id, text })
+        let id = self.next_token(feed).await?;
+        self.seen.insert(id);
+        Ok(vec![id])
     }
 
     /// One model step: the device's argmax when greedy allows, else host sampling.
@@ -548,6 +688,8 @@ impl<'s> Run<'s> {
             time_to_first_token: self.ttft,
             prefill_time: self.prefill_time,
             decode_time: self.decode_time,
+            decode_steps: self.decode_steps,
+            speculation: self.speculator.as_ref().map(|s| s.stats().clone()),
             stop,
         }
     }

@@ -24,6 +24,7 @@ mod chat;
 mod detok;
 mod generate;
 mod sampling;
+mod speculate;
 mod stop;
 pub mod testing;
 mod tokenizer;
@@ -35,5 +36,8 @@ pub use generate::{
     CancelToken, Event, EventStream, GenerateOptions, Generator, Output, Prompt, Stats, StopReason,
 };
 pub use sampling::{apply_repetition_penalty, Candidate, Sampler, SamplingParams, TokenSet};
+pub use speculate::{
+    DraftSource, Drafter, DrafterFactory, NgramDrafter, Speculation, SpeculationStats, Speculator,
+};
 pub use stop::StopMatcher;
 pub use tokenizer::{Message, Role, Tokenizer};

@@ -194,7 +194,9 @@ impl Session {
     /// (options, empty prompt, KV budget) happens here, before any model work. After the
     /// last token, `.summary` holds the run's summary. Breaking out of the loop (or
     /// `.close()`) stops generation; the session then holds what was fed.
-    #[pyo3(signature = (prompt, *, max_new_tokens = 256, temperature = 0.0, top_k = None, top_p = 1.0, min_p = 0.0, repetition_penalty = 1.0, seed = 0, stop = Vec::new()))]
+    /// `speculate=N` turns on speculative decoding by prompt lookup with drafts of up to
+    /// N tokens (same tokens as plain decoding up to near-ties; see the README).
+    #[pyo3(signature = (prompt, *, max_new_tokens = 256, temperature = 0.0, top_k = None, top_p = 1.0, min_p = 0.0, repetition_penalty = 1.0, seed = 0, stop = Vec::new(), speculate = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -208,6 +210,7 @@ impl Session {
         repetition_penalty: f32,
         seed: u64,
         stop: Vec<String>,
+        speculate: Option<usize>,
     ) -> PyResult<Generation> {
         let mut opts = lockstep::GenerateOptions::new()
             .max_new_tokens(max_new_tokens)
@@ -221,6 +224,9 @@ impl Session {
         }
         for s in stop {
             opts = opts.stop(s);
+        }
+        if let Some(n) = speculate {
+            opts = opts.speculate(lockstep::Speculation::default().max_draft(n));
         }
         Generation::start(
             py,

@@ -30,8 +30,8 @@ pub use lockstep_core::{
     ModelConfig, Result, Session, SessionMemory, SessionOptions, StepProfile, Want,
 };
 pub use lockstep_generate::{
-    CancelToken, Chat, Event, GenerateOptions, Generator, Output, Prompt, SamplingParams, Stats,
-    StopReason, Tokenizer,
+    CancelToken, Chat, DraftSource, Drafter, Event, GenerateOptions, Generator, NgramDrafter,
+    Output, Prompt, SamplingParams, Speculation, SpeculationStats, Stats, StopReason, Tokenizer,
 };
 pub use models::{resolve_model, synthetic_names, Model};
 pub use summary::Summary;

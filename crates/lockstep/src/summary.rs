@@ -30,6 +30,19 @@ impl From<&StopReason> for Stop {
     }
 }
 
+/// What speculative decoding did in one generation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeculationSummary {
+    /// Steps that verified a draft.
+    pub draft_steps: usize,
+    /// Draft tokens fed to the model.
+    pub drafted: usize,
+    /// Draft tokens the model kept.
+    pub accepted: usize,
+    /// accepted / drafted; null before any draft.
+    pub acceptance_rate: Option<f64>,
+}
+
 /// The text, the tokens, the counts and timings of one generation, and the backend it ran on.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -44,6 +57,11 @@ pub struct Summary {
     pub decode_ms: f64,
     pub prefill_tokens_per_second: Option<f64>,
     pub decode_tokens_per_second: Option<f64>,
+    /// Model steps after the prefill (fewer than the tokens when speculation kept drafts).
+    pub decode_steps: usize,
+    pub tokens_per_step: Option<f64>,
+    /// Speculative decoding's counts, when it was on.
+    pub speculation: Option<SpeculationSummary>,
     pub stop: Stop,
     pub backend: BackendInfo,
 }
@@ -62,6 +80,14 @@ impl Summary {
             decode_ms: ms(s.decode_time),
             prefill_tokens_per_second: s.prefill_tokens_per_second(),
             decode_tokens_per_second: s.decode_tokens_per_second(),
+            decode_steps: s.decode_steps,
+            tokens_per_step: s.tokens_per_step(),
+            speculation: s.speculation.as_ref().map(|sp| SpeculationSummary {
+                draft_steps: sp.draft_steps,
+                drafted: sp.drafted,
+                accepted: sp.accepted,
+                acceptance_rate: sp.acceptance_rate(),
+            }),
             stop: Stop::from(&s.stop),
             backend,
         }
