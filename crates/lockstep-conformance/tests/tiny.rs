@@ -104,6 +104,27 @@ fn gpu_matches_ort_cpu() {
     assert!(gpu.prompts.iter().all(|p| p.teacher_forced.is_some()));
 }
 
+/// The f16 KV cache's own suite (`conformance/suites/kv-f16.toml`) on both backends that
+/// have the mode: ONNX Runtime (q, k, v and the attention output rounded to f16 around its
+/// attention op) and the GPU backend (only the cached keys and values rounded).
+#[test]
+fn f16_kv_caches_pass_their_own_suite() {
+    let model = Model::open(MODEL).unwrap();
+    let mut suite = Suite::load(suite_path(&default_dir(), "kv-f16")).unwrap();
+    let mut backends = vec!["ort-cpu".to_string(), "ort-cpu+kv-f16".to_string()];
+    if std::env::var_os("LOCKSTEP_SKIP_GPU").is_none() {
+        backends.push("gpu+kv-f16".into());
+        // lavapipe: the prompts that cross the 16-token window with the fewest positions.
+        let quick = ["code-python", "chat-multi-turn", "repetition"];
+        suite.select(&quick.map(String::from)).unwrap();
+    }
+    let report = run_model(&model, MODEL, &suite, &backends, &opts()).unwrap();
+    println!("{}", report.to_markdown());
+    for b in &report.backends[1..] {
+        assert_eq!(b.status, BackendStatus::Passed, "{}", report.to_markdown());
+    }
+}
+
 #[test]
 fn an_unknown_backend_is_unavailable_never_passed() {
     let model = Model::open(MODEL).unwrap();

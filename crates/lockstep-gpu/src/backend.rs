@@ -42,7 +42,8 @@ pub struct GpuOptions {
     pub attention_min_tiles: usize,
     /// Steps of at least this many tokens run the tiled prefill matmul.
     pub tiled_min_tokens: usize,
-    /// The KV cache's element type; the kernels keep f32 (the reference).
+    /// The KV cache's element type: f32 (the reference) or f16 (half the memory; keys and
+    /// values rounded to f16 when written, everything else f32).
     pub kv: KvPrecision,
 }
 
@@ -84,10 +85,14 @@ impl GpuBackend {
     /// Opens the GPU, builds the pipelines and uploads `weights` in their quantized form.
     /// Without a usable adapter this is `Error::Unavailable`, saying what to install.
     pub fn load(weights: ModelWeights, opts: GpuOptions) -> Result<Self> {
-        if opts.kv != KvPrecision::F32 {
+        let defined: &[&'static str] = match opts.kv {
+            KvPrecision::F32 => &[],
+            KvPrecision::F16 => &["kv_f16"],
+        };
+        if opts.kv == KvPrecision::F16 && !weights.config.head_dim.is_multiple_of(8) {
             return Err(Error::InvalidInput(format!(
-                "the gpu backend's kernels keep the KV cache in f32 only; {} is available on ONNX Runtime backends (ort-cpu+kv-{})",
-                opts.kv, opts.kv
+                "the gpu backend's f16 KV cache needs a head_dim divisible by 8 (this model's is {}); use the f32 cache",
+                weights.config.head_dim
             )));
         }
         let ctx = GpuContext::new(opts.adapter.as_deref(), opts.profile)?;
@@ -97,7 +102,7 @@ impl GpuBackend {
                 ctx.describe()
             );
         }
-        let kernels = Kernels::new(&ctx.device)?;
+        let kernels = Kernels::new(&ctx.device, defined)?;
         let projection_bits = crate::upload::projection_bits(&weights);
         let gpu_weights = GpuWeights::upload(&ctx, &weights, opts.max_embed_chunk_rows)?;
         tracing::info!(
@@ -141,16 +146,26 @@ impl Backend for GpuBackend {
             .collect::<Vec<_>>()
             .join(" ");
         BackendInfo {
-            id: "gpu".into(),
+            // As the facade writes ids: a KV precision other than f32 after `+kv-`.
+            id: match self.inner.opts.kv {
+                KvPrecision::F32 => "gpu".into(),
+                kv => format!("gpu+kv-{kv}"),
+            },
             runtime: if driver.is_empty() {
                 "wgpu 27".into()
             } else {
                 format!("wgpu 27 ({driver})")
             },
             device: self.inner.ctx.describe(),
-            precision: match self.inner.projection_bits {
-                4 => "int4 weights (int8 embedding), f32 compute; KV cache f32, sliding layers in a ring".into(),
-                b => format!("int{b} weights, f32 compute; KV cache f32, sliding layers in a ring"),
+            precision: {
+                let weights = match self.inner.projection_bits {
+                    4 => "int4 weights (int8 embedding)".to_string(),
+                    b => format!("int{b} weights"),
+                };
+                format!(
+                    "{weights}, f32 compute; KV cache {}, sliding layers in a ring",
+                    self.inner.opts.kv
+                )
             },
             ..Default::default()
         }

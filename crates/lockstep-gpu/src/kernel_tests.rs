@@ -16,6 +16,8 @@ const NMSE_MATMUL: f64 = 5e-4;
 struct Gpu {
     ctx: GpuContext,
     kernels: Kernels,
+    /// The same kernels with an f16 KV cache (`kv_f16`).
+    kernels_f16: Kernels,
 }
 
 fn gpu() -> &'static Gpu {
@@ -23,8 +25,13 @@ fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| {
         let ctx = GpuContext::new(None, false)
             .expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
-        let kernels = Kernels::new(&ctx.device).expect("kernels build");
-        Gpu { ctx, kernels }
+        let kernels = Kernels::new(&ctx.device, &[]).expect("kernels build");
+        let kernels_f16 = Kernels::new(&ctx.device, &["kv_f16"]).expect("kernels build");
+        Gpu {
+            ctx,
+            kernels,
+            kernels_f16,
+        }
     })
 }
 
@@ -400,8 +407,7 @@ struct AttnParams {
     min_tiles: u32,
 }
 
-#[test]
-fn qk_norm_rope_matches_cpu() {
+fn rope_case(kv16: bool) {
     let (nh, nkv, hd, m, cap) = (4, 2, 64, 3, 5);
     // Positions near the context end: large angles test the range reduction.
     let pos0 = 32_000;
@@ -422,8 +428,15 @@ fn qk_norm_rope_matches_cpu() {
         slots: 0,
         min_tiles: 0,
     };
+    let kernels = if kv16 {
+        &gpu().kernels_f16
+    } else {
+        &gpu().kernels
+    };
+    // An f16 cache is half as many bytes: pairs of values in u32 words.
+    let cache = cap * nkv * hd / if kv16 { 2 } else { 1 };
     let out = run(
-        &gpu().kernels.rope,
+        &kernels.rope,
         "qk_norm_rope",
         Bindings {
             uniforms: 2,
@@ -435,13 +448,33 @@ fn qk_norm_rope_matches_cpu() {
                 words(&k_norm),
                 words(&inv_freq),
                 words(&vec![0f32; m * nh * hd]),
-                words(&vec![0f32; cap * nkv * hd]),
-                words(&vec![0f32; cap * nkv * hd]),
+                words(&vec![0f32; cache]),
+                words(&vec![0f32; cache]),
             ],
         },
         ((nh + nkv) as u32, m as u32),
     );
-    let (q_got, k_got, v_got) = (f32s(&out[6]), f32s(&out[7]), f32s(&out[8]));
+    let cache_values = |bytes: &[u8]| -> Vec<f32> {
+        if kv16 {
+            // Back to [slot][kv head][hd] order, each head's pairs unpacked.
+            let w: &[u32] = bytemuck::cast_slice(bytes);
+            w.chunks(hd / 2).flat_map(unpack_f16_pairs).collect()
+        } else {
+            f32s(bytes)
+        }
+    };
+    let (q_got, k_got, v_got) = (f32s(&out[6]), cache_values(&out[7]), cache_values(&out[8]));
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| {
+                if kv16 {
+                    half::f16::from_f32(x).to_f32()
+                } else {
+                    x
+                }
+            })
+            .collect()
+    };
     let (mut q_want, mut q_seen) = (Vec::new(), Vec::new());
     let (mut k_want, mut k_seen, mut v_want, mut v_seen) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -461,25 +494,70 @@ fn qk_norm_rope_matches_cpu() {
                 q_seen.extend(&q_got[(t * nh + h) * hd..(t * nh + h + 1) * hd]);
             } else {
                 let o = ((pos % cap) * nkv + h - nh) * hd;
-                k_want.extend(&head);
+                k_want.extend(round(&head));
                 k_seen.extend(&k_got[o..o + hd]);
                 let v = (nh + nkv + h - nh) * hd;
-                v_want.extend(&row[v..v + hd]);
+                v_want.extend(round(&row[v..v + hd]));
                 v_seen.extend(&v_got[o..o + hd]);
             }
         }
     }
     // sin/cos of an f32 angle near 3e4 radians: the angle itself is only exact to ~2e-3,
     // identically on both sides; the GPU's reduced-range sin/cos then adds ~1e-6.
+    // f16: both sides round to nearest even; a key whose f32 value differs in its last bits
+    // can round to the neighbouring f16 (one f16 ulp, 2^-11 relative, at a few elements).
     check("qk_norm_rope q", &q_seen, &q_want, 1e-6);
     check("qk_norm_rope k", &k_seen, &k_want, 1e-6);
     check("qk_norm_rope v copy", &v_seen, &v_want, 0.0);
 }
 
+#[test]
+fn qk_norm_rope_matches_cpu() {
+    rope_case(false);
+}
+
+/// The f16 cache: keys and values rounded to f16 when written, in the paired layout.
+#[test]
+fn qk_norm_rope_writes_the_f16_cache() {
+    rope_case(true);
+}
+
 fn attention_case(
-    (nh, nkv): (usize, usize),
+    heads: (usize, usize),
     window: usize,
     cap: usize,
+    pos0: usize,
+    m: usize,
+    split: (usize, usize),
+    seed: u64,
+) {
+    attention_case_kv(false, heads, (window, cap), pos0, m, split, seed);
+}
+
+/// A head's values as the f16 cache stores them: word i holds elements i and i + hd/2
+/// (qk_norm_rope.wgsl's layout), low half first.
+fn pack_f16_pairs(head: &[f32]) -> Vec<u32> {
+    let half = head.len() / 2;
+    (0..half)
+        .map(|i| {
+            let lo = half::f16::from_f32(head[i]).to_bits() as u32;
+            let hi = half::f16::from_f32(head[i + half]).to_bits() as u32;
+            lo | hi << 16
+        })
+        .collect()
+}
+
+fn unpack_f16_pairs(words: &[u32]) -> Vec<f32> {
+    let f = |b: u32| half::f16::from_bits(b as u16).to_f32();
+    let lo = words.iter().map(|&w| f(w & 0xffff));
+    let hi = words.iter().map(|&w| f(w >> 16));
+    lo.chain(hi).collect()
+}
+
+fn attention_case_kv(
+    kv16: bool,
+    (nh, nkv): (usize, usize),
+    (window, cap): (usize, usize),
     pos0: usize,
     m: usize,
     (slots, min_tiles): (usize, usize),
@@ -491,8 +569,14 @@ fn attention_case(
     let q = rng.vec(m * nh * hd, 2.0);
     // Positions 0..pos0+m, written into their ring slots in order (later ones overwrite).
     let total = pos0 + m;
-    let keys = rng.vec(total * nkv * hd, 2.0);
-    let values = rng.vec(total * nkv * hd, 1.0);
+    let mut keys = rng.vec(total * nkv * hd, 2.0);
+    let mut values = rng.vec(total * nkv * hd, 1.0);
+    if kv16 {
+        // What an f16 cache holds: the reference attends over the same rounded values.
+        for v in keys.iter_mut().chain(values.iter_mut()) {
+            *v = half::f16::from_f32(*v).to_f32();
+        }
+    }
     let mut k_cache = vec![f32::NAN; cap * nkv * hd];
     let mut v_cache = vec![f32::NAN; cap * nkv * hd];
     for p in 0..total {
@@ -500,6 +584,14 @@ fn attention_case(
         k_cache[d..d + nkv * hd].copy_from_slice(&keys[s..s + nkv * hd]);
         v_cache[d..d + nkv * hd].copy_from_slice(&values[s..s + nkv * hd]);
     }
+    let cache_bytes = |cache: &[f32]| -> Vec<u8> {
+        if kv16 {
+            let packed: Vec<u32> = cache.chunks(hd).flat_map(pack_f16_pairs).collect();
+            words(&packed)
+        } else {
+            words(cache)
+        }
+    };
     let params = AttnParams {
         nh: nh as u32,
         nkv: nkv as u32,
@@ -518,8 +610,13 @@ fn attention_case(
     } else {
         &[partial]
     };
+    let kernels = if kv16 {
+        &gpu().kernels_f16
+    } else {
+        &gpu().kernels
+    };
     let out = run_passes(
-        &gpu().kernels.attention,
+        &kernels.attention,
         passes,
         Bindings {
             uniforms: 2,
@@ -527,8 +624,8 @@ fn attention_case(
                 words(&[params]),
                 batch(m, pos0, 0),
                 words(&q),
-                words(&k_cache),
-                words(&v_cache),
+                cache_bytes(&k_cache),
+                cache_bytes(&v_cache),
                 words(&vec![f32::NAN; slots * nh * hd]),
                 words(&vec![f32::NAN; slots * nh * 2]),
                 words(&vec![0f32; m * nh * hd]),
@@ -595,6 +692,15 @@ fn split_k_attention_across_chunks_windows_and_wraps() {
     attention_case((4, 1), 64, 70, 200, 1, (32, 1), 24);
     // One query head per KV head.
     attention_case((2, 2), 0, 90, 80, 2, (16, 1), 25);
+}
+
+/// The f16 cache: the kernel reads its pairs as the f32 kernel reads f32 values (the
+/// reference attends over the same f16-rounded keys and values), windows and rings included.
+#[test]
+fn attention_reads_the_f16_cache() {
+    attention_case_kv(true, (4, 1), (70, 70), 333, 1, (64, 1), 40);
+    attention_case_kv(true, (4, 2), (0, 200), 150, 3, (96, 16), 41);
+    attention_case_kv(true, (4, 1), (40, 40 + 7 - 1), 95, 7, (7 * 2, 1), 42);
 }
 
 /// Short contexts in one chunk per token: the partial pass writes the result itself and

@@ -27,6 +27,36 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("argmax.wgsl", include_str!("kernels/argmax.wgsl")),
 ];
 
+/// The WGSL sources' variants: a kernel marks variant code with lines `#if NAME`, `#else`,
+/// `#endif` (WGSL has no preprocessor), and [`preprocess`] keeps one side. `kv_f16`: the
+/// KV cache stored as f16 pairs (`GpuOptions::kv`).
+pub const VARIANTS: &[&str] = &["kv_f16"];
+
+/// `src` with its `#if NAME` / `#else` / `#endif` blocks (not nested) resolved for the
+/// names in `defined`; the directive lines become empty lines, so line numbers in error
+/// messages still point into the file.
+pub fn preprocess(src: &str, defined: &[&str]) -> String {
+    let mut out = String::with_capacity(src.len());
+    // None outside a block; Some(keep) inside one.
+    let mut keep: Option<bool> = None;
+    for line in src.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("#if ") {
+            assert!(keep.is_none(), "nested #if in a kernel");
+            keep = Some(defined.contains(&name.trim()));
+        } else if t == "#else" {
+            keep = keep.map(|k| !k);
+        } else if t == "#endif" {
+            keep = None;
+        } else if keep.unwrap_or(true) {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert!(keep.is_none(), "unterminated #if in a kernel");
+    out
+}
+
 /// Rows of a matrix one matmul workgroup computes (`ROWS` in matmul.wgsl).
 pub(crate) const MATMUL_ROWS: u32 = 8;
 /// Tokens one prefill matmul workgroup computes (`TM` in matmul.wgsl).
@@ -108,12 +138,13 @@ impl Kernel {
     fn with_module(
         mut self,
         device: &wgpu::Device,
+        defined: &[&str],
         file: &'static str,
         entries: &[&'static str],
     ) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(file),
-            source: wgpu::ShaderSource::Wgsl(source(file).into()),
+            source: wgpu::ShaderSource::Wgsl(source(file, defined).into()),
         });
         self.pipelines
             .extend(pipelines(device, file, &self.layout, &module, entries));
@@ -134,29 +165,29 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    pub fn new(device: &wgpu::Device) -> Result<Self> {
+    /// Every pipeline, with the variants `defined` (see [`VARIANTS`]).
+    pub fn new(device: &wgpu::Device, defined: &[&'static str]) -> Result<Self> {
+        let kernel = |file, slots: &[Slot], entries: &[&'static str]| {
+            build(device, file, defined, slots, entries)
+        };
         device.push_error_scope(wgpu::ErrorFilter::Validation);
         let kernels = Self {
-            embed: build(
-                device,
+            embed: kernel(
                 "embed.wgsl",
                 &[Uniform, Uniform, Read, Read, Read, Write],
                 &["embed_q8"],
             ),
-            rmsnorm: build(
-                device,
+            rmsnorm: kernel(
                 "rmsnorm.wgsl",
                 &[Uniform, Uniform, Read, Read, Write],
                 &["rmsnorm", "rmsnorm_add"],
             ),
-            add_norm: build(
-                device,
+            add_norm: kernel(
                 "add_norm.wgsl",
                 &[Uniform, Uniform, Read, Read, Write, Read, Write],
                 &["add_norm"],
             ),
-            matmul: build(
-                device,
+            matmul: kernel(
                 "matmul.wgsl",
                 &[Uniform, Uniform, Read, Read, Read, Write],
                 &[
@@ -172,31 +203,24 @@ impl Kernels {
             // matrix serves every entry point.
             .with_module(
                 device,
+                defined,
                 "matmul_tiled.wgsl",
                 &["matmul_tiled_q4", "matmul_tiled_q8"],
             ),
-            rope: build(
-                device,
+            rope: kernel(
                 "qk_norm_rope.wgsl",
                 &[
                     Uniform, Uniform, Read, Read, Read, Read, Write, Write, Write,
                 ],
                 &["qk_norm_rope"],
             ),
-            attention: build(
-                device,
+            attention: kernel(
                 "attention.wgsl",
                 &[Uniform, Uniform, Read, Read, Read, Write, Write, Write],
                 &["attention_partial", "attention_combine"],
             ),
-            geglu: build(
-                device,
-                "geglu.wgsl",
-                &[Uniform, Uniform, Read, Write],
-                &["geglu"],
-            ),
-            argmax: build(
-                device,
+            geglu: kernel("geglu.wgsl", &[Uniform, Uniform, Read, Write], &["geglu"]),
+            argmax: kernel(
                 "argmax.wgsl",
                 &[Uniform, Uniform, Read, Write, Write],
                 &["argmax_partial", "argmax"],
@@ -211,23 +235,25 @@ impl Kernels {
     }
 }
 
-fn source(file: &str) -> &'static str {
-    SOURCES
+fn source(file: &str, defined: &[&str]) -> String {
+    let raw = SOURCES
         .iter()
         .find(|(f, _)| *f == file)
         .expect("kernel source listed")
-        .1
+        .1;
+    preprocess(raw, defined)
 }
 
 fn build(
     device: &wgpu::Device,
     file: &'static str,
+    defined: &[&str],
     slots: &[Slot],
     entries: &[&'static str],
 ) -> Kernel {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(file),
-        source: wgpu::ShaderSource::Wgsl(source(file).into()),
+        source: wgpu::ShaderSource::Wgsl(source(file, defined).into()),
     });
     let layout_entries: Vec<wgpu::BindGroupLayoutEntry> = slots
         .iter()

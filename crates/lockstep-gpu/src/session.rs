@@ -269,12 +269,7 @@ pub(crate) fn plan(inner: &Inner, max_tokens: usize) -> lockstep_core::SessionMe
         + 2 * 4 // the two argmax read-back buffers
         + 2 * std::mem::size_of::<Batch>() as u64
         + (2 * c.num_layers * std::mem::size_of::<AttnParams>()) as u64;
-    let mut m = lockstep_core::kv_layout(
-        c,
-        max_tokens,
-        Some(ring_cap),
-        lockstep_core::KvPrecision::F32,
-    );
+    let mut m = lockstep_core::kv_layout(c, max_tokens, Some(ring_cap), inner.opts.kv);
     m.working_bytes = working;
     m.device = true;
     m
@@ -304,7 +299,7 @@ impl GpuSession {
             .min((max_binding / (4 * c.vocab_size as u64)) as usize)
             .max(1);
         let ring_cap = (c.sliding_window + max_batch - 1 + inner.opts.ring_history).min(max_tokens);
-        let kv_bytes = (max_tokens * c.kv_size() * 4) as u64;
+        let kv_bytes = (max_tokens * c.kv_size() * inner.opts.kv.bytes()) as u64;
         if kv_bytes > max_binding {
             return Err(Error::InvalidInput(format!(
                 "a KV budget of {max_tokens} tokens needs {kv_bytes} bytes per layer, over this GPU's \
@@ -414,8 +409,10 @@ impl GpuSession {
                 LayerKind::Sliding => ring_cap,
                 LayerKind::Global => max_tokens,
             };
-            let k_cache = f32s("k cache", cap * kv);
-            let v_cache = f32s("v cache", cap * kv);
+            // f16: two values a word (qk_norm_rope.wgsl's pairs).
+            let kv_words = cap * kv * inner.opts.kv.bytes() / 4;
+            let k_cache = f32s("k cache", kv_words);
+            let v_cache = f32s("v cache", kv_words);
             let inv_freq = match lw.kind {
                 LayerKind::Sliding => &w.inv_freq_local,
                 LayerKind::Global => &w.inv_freq_global,

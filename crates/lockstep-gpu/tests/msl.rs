@@ -1,12 +1,30 @@
 //! Every WGSL kernel must translate to Metal Shading Language with naga (the path wgpu
 //! takes on Apple), so that a Metal-only break shows up on any machine.
 
-use lockstep_gpu::kernels::SOURCES;
+use lockstep_gpu::kernels::{preprocess, SOURCES, VARIANTS};
 
 #[test]
 fn every_kernel_translates_to_msl() {
     let mut failures = Vec::new();
-    for (file, source) in SOURCES {
+    // Every variant a kernel has: each subset of the variant names it tests.
+    let mut sources = Vec::new();
+    for (file, raw) in SOURCES {
+        let used: Vec<&str> = VARIANTS
+            .iter()
+            .copied()
+            .filter(|v| raw.contains(&format!("#if {v}")))
+            .collect();
+        for mask in 0..1u32 << used.len() {
+            let defined: Vec<&str> = (0..used.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| used[i])
+                .collect();
+            sources.push((format!("{file} {defined:?}"), preprocess(raw, &defined)));
+        }
+    }
+    assert!(sources.iter().any(|(f, _)| f.contains("kv_f16")));
+    for (file, source) in &sources {
+        let source = source.as_str();
         // naga's WGSL front end rejects `enable subgroups;` on Metal's path; we never use it.
         assert!(
             !source.contains("enable subgroups"),

@@ -29,8 +29,14 @@ const NEG_BIG: f32 = -3.0e38;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> batch: Batch;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;       // [m, nh * hd]
+#if kv_f16
+// f16 cache (qk_norm_rope.wgsl): a word holds elements i and i + hd/2 of a head.
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<u32>>; // [cap, nkv * hd / 8]
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;       // [cap, nkv * hd / 2]
+#else
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>; // [cap, nkv * hd]
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;       // [cap, nkv * hd]
+#endif
 @group(0) @binding(5) var<storage, read_write> part_acc: array<f32>; // [slots * nh, hd]
 @group(0) @binding(6) var<storage, read_write> part_ml: array<f32>;  // [slots * nh, 2]
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;      // [m, nh * hd]
@@ -88,6 +94,23 @@ fn attention_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         var d: array<f32, MAX_G>;
         for (var h = 0u; h < MAX_G; h++) { d[h] = 0.0; }
         if (j < jend) {
+#if kv_f16
+            // Word vector i: elements 4i..4i+3 (low halves) and hd/2 + 4i.. (high halves).
+            let kb = ((j % p.cap) * p.nkv + kvh) * (hd / 8u);
+            let h4 = hd4 / 2u;
+            for (var i = lane; i < hd / 8u; i += LPK) {
+                let w = k_cache[kb + i];
+                let a = unpack2x16float(w.x);
+                let b = unpack2x16float(w.y);
+                let c = unpack2x16float(w.z);
+                let e = unpack2x16float(w.w);
+                let lo = vec4<f32>(a.x, b.x, c.x, e.x);
+                let hi = vec4<f32>(a.y, b.y, c.y, e.y);
+                for (var h = 0u; h < MAX_G; h++) {
+                    if (h < g) { d[h] += dot(qs[h * hd4 + i], lo) + dot(qs[h * hd4 + h4 + i], hi); }
+                }
+            }
+#else
             let kb = ((j % p.cap) * p.nkv + kvh) * hd4;
             for (var i = lane; i < hd4; i += LPK) {
                 let kv = k_cache[kb + i];
@@ -95,6 +118,7 @@ fn attention_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
                     if (h < g) { d[h] += dot(qs[h * hd4 + i], kv); }
                 }
             }
+#endif
         }
         for (var h = 0u; h < MAX_G; h++) { red[h * WG + lid] = d[h]; }
         workgroupBarrier();
@@ -130,7 +154,13 @@ fn attention_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         }
         if (lid < hd) {
             for (var kk = 0u; kk < nk; kk++) {
+#if kv_f16
+                let half = hd / 2u;
+                let vw = unpack2x16float(v_cache[(((tj + kk) % p.cap) * p.nkv + kvh) * half + lid % half]);
+                let v = select(vw.x, vw.y, lid >= half);
+#else
                 let v = v_cache[(((tj + kk) % p.cap) * p.nkv + kvh) * hd + lid];
+#endif
                 for (var h = 0u; h < MAX_G; h++) {
                     let pv = ps[h * TILE + kk];
                     acc[h] += pv * v;

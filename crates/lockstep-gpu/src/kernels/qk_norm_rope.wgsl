@@ -1,6 +1,7 @@
 // Per-head RMSNorm of Q and K over head_dim, then NeoX RoPE (element i pairs with
 // i + head_dim/2, angle = pos * inv_freq[i]); Q goes to `q_out`, K and V into the KV cache
-// at slot pos % cap (a ring buffer on sliding layers, plain on global ones).
+// at slot pos % cap (a ring buffer on sliding layers, plain on global ones). With `kv_f16`
+// the cache holds f16 (rounded by pack2x16float), the rest stays f32.
 // One workgroup per (head, token); heads nh.. are the KV heads (they also copy V).
 
 struct Batch { m: u32, pos0: u32, row0: u32, pad: u32 }
@@ -15,8 +16,15 @@ const WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read> k_norm: array<f32>;
 @group(0) @binding(5) var<storage, read> inv_freq: array<f32>; // [hd / 2], computed on the CPU
 @group(0) @binding(6) var<storage, read_write> q_out: array<f32>;   // [m, nh * hd]
+#if kv_f16
+// f16 cache: one word holds elements i and i + hd/2 of a head (the pair RoPE rotates
+// together), [cap, nkv * hd / 2] words.
+@group(0) @binding(7) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<u32>;
+#else
 @group(0) @binding(7) var<storage, read_write> k_cache: array<f32>; // [cap, nkv * hd]
 @group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
+#endif
 
 var<workgroup> head: array<f32, 256>;
 var<workgroup> red: array<f32, WG>;
@@ -72,15 +80,25 @@ fn qk_norm_rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             q_out[o + i + half] = ob;
         } else {
             let o = (slot * p.nkv + kv) * hd;
+#if kv_f16
+            k_cache[o / 2u + i] = pack2x16float(vec2<f32>(oa, ob));
+#else
             k_cache[o + i] = oa;
             k_cache[o + i + half] = ob;
+#endif
         }
     }
     if (!is_q) {
         let src = row + (p.nh + p.nkv + kv) * hd;
         let o = (slot * p.nkv + kv) * hd;
+#if kv_f16
+        for (var i = lid; i < half; i += WG) {
+            v_cache[o / 2u + i] = pack2x16float(vec2<f32>(qkv[src + i], qkv[src + i + half]));
+        }
+#else
         for (var i = lid; i < hd; i += WG) {
             v_cache[o + i] = qkv[src + i];
         }
+#endif
     }
 }
