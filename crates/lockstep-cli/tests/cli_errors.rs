@@ -174,7 +174,7 @@ fn context_smaller_than_prompt_and_generation_and_unknown_kv_precision() {
         &[],
     ));
     assert!(line.contains("unknown KV cache precision 'bf16'"), "{line}");
-    // The GPU backend has an f16 cache too: the summary names the mode.
+    // The GPU backend has an f16 cache too.
     let out = lockstep(
         &[
             "run",
@@ -190,7 +190,9 @@ fn context_smaller_than_prompt_and_generation_and_unknown_kv_precision() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("KV cache f16"), "{stderr}");
+    // The announcement gives the cache's layout in f16, the summary the backend id.
+    assert!(stderr.contains("positions, f16)"), "{stderr}");
+    assert!(stderr.contains("[gpu+kv-f16: "), "{stderr}");
 }
 
 #[test]

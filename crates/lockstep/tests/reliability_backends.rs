@@ -190,11 +190,20 @@ fn damaged_copy(tag: &str, damage: impl FnOnce(&Path)) -> PathBuf {
     dir
 }
 
-fn edit_graph(dir: &Path, f: impl FnOnce(&mut ModelProto)) {
-    let p = dir.join(MODEL_FILE);
-    let mut m = ModelProto::decode(&*std::fs::read(&p).unwrap()).unwrap();
-    f(&mut m);
-    std::fs::write(&p, m.encode_to_vec()).unwrap();
+/// Applies `f` to every graph of the directory: `model.onnx` and the KV-cache variants
+/// beside it (`model.window.onnx`, ...), which share its data file; a backend may load any.
+fn edit_graph(dir: &Path, f: impl Fn(&mut ModelProto)) {
+    let graphs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    assert!(graphs.iter().any(|p| p.ends_with(MODEL_FILE)), "{graphs:?}");
+    for p in graphs {
+        let mut m = ModelProto::decode(&*std::fs::read(&p).unwrap()).unwrap();
+        f(&mut m);
+        std::fs::write(&p, m.encode_to_vec()).unwrap();
+    }
 }
 
 /// Q, K and V of layer 1 (one matrix: 128 + 32 + 32 rows).
