@@ -45,6 +45,9 @@ pub struct GpuOptions {
     /// The KV cache's element type: f32 (the reference) or f16 (half the memory; keys and
     /// values rounded to f16 when written, everything else f32).
     pub kv: KvPrecision,
+    /// Sum with subgroup operations where the adapter has them (subgroups of at least 8);
+    /// off: always the workgroup-memory path (tests compare the two).
+    pub subgroups: bool,
 }
 
 impl Default for GpuOptions {
@@ -59,6 +62,7 @@ impl Default for GpuOptions {
             attention_min_tiles: 1,
             tiled_min_tokens: crate::kernels::TILED_MIN_TOKENS,
             kv: KvPrecision::F32,
+            subgroups: true,
         }
     }
 }
@@ -85,24 +89,27 @@ impl GpuBackend {
     /// Opens the GPU, builds the pipelines and uploads `weights` in their quantized form.
     /// Without a usable adapter this is `Error::Unavailable`, saying what to install.
     pub fn load(weights: ModelWeights, opts: GpuOptions) -> Result<Self> {
-        let defined: &[&'static str] = match opts.kv {
-            KvPrecision::F32 => &[],
-            KvPrecision::F16 => &["kv_f16"],
-        };
+        let ctx = GpuContext::new(opts.adapter.as_deref(), opts.profile, opts.subgroups)?;
+        let mut defined: Vec<&'static str> = Vec::new();
+        if opts.kv == KvPrecision::F16 {
+            defined.push("kv_f16");
+        }
+        if ctx.subgroups {
+            defined.push("subgroups");
+        }
         if opts.kv == KvPrecision::F16 && !weights.config.head_dim.is_multiple_of(8) {
             return Err(Error::InvalidInput(format!(
                 "the gpu backend's f16 KV cache needs a head_dim divisible by 8 (this model's is {}); use the f32 cache",
                 weights.config.head_dim
             )));
         }
-        let ctx = GpuContext::new(opts.adapter.as_deref(), opts.profile)?;
         if opts.profile && !ctx.timestamps {
             tracing::warn!(
                 "{} has no timestamp queries inside compute passes: no profile",
                 ctx.describe()
             );
         }
-        let kernels = Kernels::new(&ctx.device, defined)?;
+        let kernels = Kernels::new(&ctx.device, &defined)?;
         let projection_bits = crate::upload::projection_bits(&weights);
         let gpu_weights = GpuWeights::upload(&ctx, &weights, opts.max_embed_chunk_rows)?;
         tracing::info!(
@@ -127,6 +134,12 @@ impl GpuBackend {
     /// Loads a converted model directory (reads the INT4/INT8 weights out of its ONNX file).
     pub fn load_dir(model_dir: &Path, opts: GpuOptions) -> Result<Self> {
         Self::load(ModelWeights::load(model_dir)?, opts)
+    }
+
+    /// Whether the kernels sum with subgroup operations (the adapter has them, with
+    /// subgroups of at least 8 invocations, and `GpuOptions::subgroups` allows them).
+    pub fn uses_subgroups(&self) -> bool {
+        self.inner.ctx.subgroups
     }
 
     /// A session as its concrete type (the `Backend` trait returns it boxed).

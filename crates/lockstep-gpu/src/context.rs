@@ -10,6 +10,9 @@ pub(crate) struct GpuContext {
     pub limits: wgpu::Limits,
     /// Whether timestamp queries inside compute passes were granted.
     pub timestamps: bool,
+    /// Whether subgroup operations were granted, with subgroups of at least 8 invocations
+    /// (the matvec's lanes per row): the kernels' `subgroups` variant.
+    pub subgroups: bool,
 }
 
 /// The graphics APIs we run on: the ones with compute shaders and native drivers.
@@ -20,8 +23,13 @@ const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN
 impl GpuContext {
     /// Opens the best adapter (discrete over integrated over CPU), or the first whose name
     /// contains `name_filter`, asking for the adapter's own limits: the defaults cap a
-    /// storage binding at 128 MiB and would make us split buffers for nothing.
-    pub fn new(name_filter: Option<&str>, want_timestamps: bool) -> Result<Self> {
+    /// storage binding at 128 MiB and would make us split buffers for nothing. Timestamps
+    /// and subgroup operations are asked for when wanted and offered.
+    pub fn new(
+        name_filter: Option<&str>,
+        want_timestamps: bool,
+        want_subgroups: bool,
+    ) -> Result<Self> {
         let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
             backends: BACKENDS,
             ..wgpu::InstanceDescriptor::from_env_or_default()
@@ -47,11 +55,17 @@ impl GpuContext {
             && adapter.features().contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             );
-        let required_features = if timestamps {
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
-        } else {
-            wgpu::Features::empty()
-        };
+        let subgroups = want_subgroups
+            && adapter.features().contains(wgpu::Features::SUBGROUP)
+            && limits.min_subgroup_size >= 8;
+        let mut required_features = wgpu::Features::empty();
+        if timestamps {
+            required_features |=
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        }
+        if subgroups {
+            required_features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("lockstep-gpu"),
             required_features,
@@ -68,6 +82,7 @@ impl GpuContext {
             info,
             limits,
             timestamps,
+            subgroups,
         })
     }
 

@@ -9,6 +9,7 @@ use crate::context::GpuContext;
 use crate::kernels::{bind, Kernel, Kernels};
 use crate::reference;
 use crate::testing::{quantize_q4, quantize_q8, Rng};
+use lockstep_model::weights::QuantMatrix;
 
 const NMSE_DEFAULT: f64 = 1e-7;
 const NMSE_MATMUL: f64 = 5e-4;
@@ -18,19 +19,25 @@ struct Gpu {
     kernels: Kernels,
     /// The same kernels with an f16 KV cache (`kv_f16`).
     kernels_f16: Kernels,
+    /// With subgroup reductions, where the adapter has them.
+    kernels_subgroups: Option<Kernels>,
 }
 
 fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
-        let ctx = GpuContext::new(None, false)
+        let ctx = GpuContext::new(None, false, true)
             .expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
         let kernels = Kernels::new(&ctx.device, &[]).expect("kernels build");
         let kernels_f16 = Kernels::new(&ctx.device, &["kv_f16"]).expect("kernels build");
+        let kernels_subgroups = ctx
+            .subgroups
+            .then(|| Kernels::new(&ctx.device, &["subgroups"]).expect("kernels build"));
         Gpu {
             ctx,
             kernels,
             kernels_f16,
+            kernels_subgroups,
         }
     })
 }
@@ -173,8 +180,6 @@ fn matmul_entry_case(bits: u8, n: usize, k: usize, m: usize, seed: u64, tiled: b
     };
     let x = rng.vec(m * k, 1.0);
     // Output rows of 3 + n + 5 values, this matrix at offset 3: as the LM head's chunks write.
-    let (stride, offset) = (n + 8, 3);
-    let params = [n as u32, k as u32, stride as u32, offset as u32];
     let entry = match (bits, m, tiled) {
         (4, _, true) => "matmul_tiled_q4",
         (_, _, true) => "matmul_tiled_q8",
@@ -189,8 +194,26 @@ fn matmul_entry_case(bits: u8, n: usize, k: usize, m: usize, seed: u64, tiled: b
         _ => (8, 8),
     };
     let groups = (n.div_ceil(rows) as u32, m.div_ceil(tokens) as u32);
+    // Every variant the adapter has: the subgroup reductions where it has subgroups.
+    let variants = [Some(&gpu().kernels), gpu().kernels_subgroups.as_ref()];
+    for kernels in variants.into_iter().flatten() {
+        matmul_check(kernels, entry, (n, k, m), groups, &w, &x);
+    }
+}
+
+fn matmul_check(
+    kernels: &Kernels,
+    entry: &str,
+    (n, k, m): (usize, usize, usize),
+    groups: (u32, u32),
+    w: &QuantMatrix,
+    x: &[f32],
+) {
+    // Output rows of 3 + n + 5 values, this matrix at offset 3: as the LM head's chunks write.
+    let (stride, offset) = (n + 8, 3);
+    let params = [n as u32, k as u32, stride as u32, offset as u32];
     let out = run(
-        &gpu().kernels.matmul,
+        &kernels.matmul,
         entry,
         Bindings {
             uniforms: 2,
@@ -199,7 +222,7 @@ fn matmul_entry_case(bits: u8, n: usize, k: usize, m: usize, seed: u64, tiled: b
                 batch(m, 0, 0),
                 w.data.clone(),
                 words(&w.scales),
-                words(&x),
+                words(x),
                 words(&vec![7f32; m * stride]),
             ],
         },
@@ -210,7 +233,7 @@ fn matmul_entry_case(bits: u8, n: usize, k: usize, m: usize, seed: u64, tiled: b
     let mut want = Vec::new();
     for t in 0..m {
         got.extend_from_slice(&y[t * stride + offset..t * stride + offset + n]);
-        want.extend(reference::matvec(&w, &x[t * k..(t + 1) * k]));
+        want.extend(reference::matvec(w, &x[t * k..(t + 1) * k]));
         // Nothing outside this matrix's columns may be written.
         assert!(y[t * stride..t * stride + offset].iter().all(|&v| v == 7.0));
         assert!(y[t * stride + offset + n..(t + 1) * stride]

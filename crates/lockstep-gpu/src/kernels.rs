@@ -29,8 +29,9 @@ pub const SOURCES: &[(&str, &str)] = &[
 
 /// The WGSL sources' variants: a kernel marks variant code with lines `#if NAME`, `#else`,
 /// `#endif` (WGSL has no preprocessor), and [`preprocess`] keeps one side. `kv_f16`: the
-/// KV cache stored as f16 pairs (`GpuOptions::kv`).
-pub const VARIANTS: &[&str] = &["kv_f16"];
+/// KV cache stored as f16 pairs (`GpuOptions::kv`); `subgroups`: reductions with subgroup
+/// operations, where the adapter has them (wgpu's `SUBGROUP` feature).
+pub const VARIANTS: &[&str] = &["kv_f16", "subgroups"];
 
 /// `src` with its `#if NAME` / `#else` / `#endif` blocks (not nested) resolved for the
 /// names in `defined`; the directive lines become empty lines, so line numbers in error

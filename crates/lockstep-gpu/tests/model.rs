@@ -434,3 +434,46 @@ fn f16_kv_cache_keeps_greedy_tokens_and_halves_the_cache() {
     // pair layout or position scrambles them (nmse of order 1).
     assert!(worst < 1e-5, "f16 KV cache: nmse {worst:e}");
 }
+
+/// Subgroup reductions (where the adapter has them; lavapipe does) and the workgroup-memory
+/// path give the same greedy tokens and logits equal up to the order of an 8-term sum.
+#[test]
+fn subgroup_reductions_match_the_plain_path() {
+    let w = weights();
+    let load = |subgroups| {
+        GpuBackend::load(
+            w.clone(),
+            GpuOptions {
+                subgroups,
+                ..options()
+            },
+        )
+        .unwrap()
+    };
+    let (sg, plain) = (load(true), load(false));
+    assert!(!plain.uses_subgroups());
+    if !sg.uses_subgroups() {
+        // Then both run the plain path: nothing to compare (Mesa lavapipe has subgroups).
+        eprintln!(
+            "{}: no subgroups of at least 8 invocations",
+            sg.info().device
+        );
+        return;
+    }
+    let run = |gpu: &GpuBackend| {
+        let mut s = gpu
+            .new_session(SessionOptions::with_max_tokens(48))
+            .unwrap();
+        let mut rows = vec![block_on(s.forward(&prompt(21), Want::Last)).unwrap()];
+        for i in 0..8 {
+            let next = rows[i].argmax(0);
+            rows.push(block_on(s.forward(&[next], Want::Last)).unwrap());
+        }
+        rows
+    };
+    let (a, b) = (run(&sg), run(&plain));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.argmax(0), y.argmax(0));
+        check("subgroups vs plain", x.last(), y.last());
+    }
+}

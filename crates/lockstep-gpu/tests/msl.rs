@@ -23,6 +23,7 @@ fn every_kernel_translates_to_msl() {
         }
     }
     assert!(sources.iter().any(|(f, _)| f.contains("kv_f16")));
+    assert!(sources.iter().any(|(f, _)| f.contains("subgroups")));
     for (file, source) in &sources {
         let source = source.as_str();
         // naga's WGSL front end rejects `enable subgroups;` on Metal's path; we never use it.
@@ -37,11 +38,27 @@ fn every_kernel_translates_to_msl() {
                 continue;
             }
         };
-        let info = match naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default(),
-        )
-        .validate(&module)
+        // pack2x16float and its inverse (the f16 KV cache) are core WGSL; wgpu grants them
+        // on Metal, Vulkan and D3D12 (the SHADER_F16_IN_F32 downlevel flag). The subgroups
+        // variant needs what wgpu grants with its SUBGROUP feature.
+        let f16_in_f32 = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        let (caps, stages, ops) = if file.contains("subgroups") {
+            (
+                f16_in_f32 | naga::valid::Capabilities::SUBGROUP,
+                naga::valid::ShaderStages::COMPUTE,
+                naga::valid::SubgroupOperationSet::all(),
+            )
+        } else {
+            (
+                f16_in_f32,
+                naga::valid::ShaderStages::empty(),
+                naga::valid::SubgroupOperationSet::empty(),
+            )
+        };
+        let info = match naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .subgroup_stages(stages)
+            .subgroup_operations(ops)
+            .validate(&module)
         {
             Ok(i) => i,
             Err(e) => {

@@ -9,7 +9,8 @@
 // workgroup memory sums the lanes. `matvec_*` does one token per workgroup (decode);
 // `matvec_*` uses fewer lanes per row (MV_LANES) and more rows per workgroup;
 // `matmul_*` decodes each block once for TM tokens (prefill), so weights are read
-// ceil(m / TM) times instead of m times.
+// ceil(m / TM) times instead of m times. With `subgroups` (where the adapter has them) the
+// one-token kernels sum a row's lanes with subgroup shuffles instead of workgroup memory.
 
 struct Batch { m: u32, pos0: u32, row0: u32, pad: u32 }
 struct Params { n: u32, k: u32, out_stride: u32, out_offset: u32 }
@@ -64,6 +65,19 @@ fn block_dot(v: array<vec4<f32>, 8>, xb: u32) -> f32 {
     return s;
 }
 
+#if subgroups
+// The sum of `v` over the MV_LANES consecutive invocations of a row, in every one of them:
+// a butterfly inside the subgroup, no workgroup memory and no barrier. The host builds this
+// variant only where subgroups hold at least MV_LANES invocations, so a row's lanes share one.
+fn row_sum(v: f32) -> f32 {
+    var s = v;
+    s += subgroupShuffleXor(s, 4u);
+    s += subgroupShuffleXor(s, 2u);
+    s += subgroupShuffleXor(s, 1u);
+    return s;
+}
+
+#endif
 // One token: MV_LANES threads per row, each over every MV_LANES-th block; one barrier,
 // then the row's first lane sums its lanes' partial sums.
 fn matvec_body(bits: u32, wg: vec3<u32>, lid: u32) {
@@ -78,6 +92,12 @@ fn matvec_body(bits: u32, wg: vec3<u32>, lid: u32) {
             acc += scales[blk] * block_dot(decode(bits, blk), t * (p.k / 4u) + b * 8u);
         }
     }
+#if subgroups
+    let s = row_sum(acc);
+    if (lane == 0u && r < p.n) {
+        y[t * p.out_stride + p.out_offset + r] = s;
+    }
+#else
     red[lid] = acc;
     workgroupBarrier();
     if (lane == 0u && r < p.n) {
@@ -85,6 +105,7 @@ fn matvec_body(bits: u32, wg: vec3<u32>, lid: u32) {
         for (var l = 0u; l < MV_LANES; l++) { s += red[lid + l]; }
         y[t * p.out_stride + p.out_offset + r] = s;
     }
+#endif
 }
 
 fn matmul_body(bits: u32, wg: vec3<u32>, lid: u32) {
@@ -153,6 +174,16 @@ fn matvec_geglu_body(bits: u32, wg: vec3<u32>, lid: u32) {
             acc += scales[blk] * block_dot(decode(bits, blk), t * (p.k / 4u) + b * 8u);
         }
     }
+#if subgroups
+    // Each row's sum in its lanes' subgroup; the up row's is 16 rows away, in another
+    // subgroup, so the pairs meet in workgroup memory.
+    let sum = row_sum(acc);
+    if (lane == 0u) { red[j] = sum; }
+    workgroupBarrier();
+    if (lane == 0u && j < half_rows && i < f) {
+        y[t * f + i] = gelu_tanh(red[j]) * red[j + half_rows];
+    }
+#else
     red[lid] = acc;
     workgroupBarrier();
     if (lane == 0u && j < half_rows && i < f) {
@@ -164,6 +195,7 @@ fn matvec_geglu_body(bits: u32, wg: vec3<u32>, lid: u32) {
         }
         y[t * f + i] = gelu_tanh(g) * u;
     }
+#endif
 }
 
 @compute @workgroup_size(WG)
