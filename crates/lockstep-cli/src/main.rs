@@ -13,11 +13,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Run one INT4 ONNX Gemma on several runtimes (ONNX Runtime CPU, native GPU via
-/// wgpu), with one shared generation loop, and check that they emit identical tokens.
+/// Run one INT4 ONNX Gemma on several runtimes, with one shared generation loop, and check
+/// that they emit identical tokens: ONNX Runtime's CPU, WebGPU, OpenVINO, CUDA and CoreML
+/// execution providers (any pinned runtime version: ort-cpu:1.32.0), lockstep's own WGSL
+/// kernels (gpu), and llama.cpp on the original GGUF (llama-cpp).
 ///
-/// Models and the ONNX Runtime library come from PyPI and npm, pinned by sha256, and are
-/// cached outside the repository (set LOCKSTEP_HOME to move the cache).
+/// Models and every ONNX Runtime library come from PyPI and npm, pinned by sha256, and are
+/// cached outside the repository (set LOCKSTEP_HOME to move the cache). `lockstep
+/// providers` says which runtimes and providers run here.
 #[derive(Parser)]
 #[command(name = "lockstep", version, propagate_version = true)]
 struct Cli {
